@@ -1,0 +1,249 @@
+"""The `apoda` command line: demo, train, eval, predict, report, data, suite.
+
+Errors for bad input are one line (`error: ...`); `--debug` shows the traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from apoda.errors import ApodaError
+
+EXAMPLES = {
+    "demo": "example: apoda demo --out runs/demo   (apoda demo --fast: a short smoke run)",
+    "train": "example: apoda train minicity/apoda model.init_from=runs/so train.iterations=300 "
+    "--out runs/apoda",
+    "eval": "example: apoda eval runs/apoda --data cityscapes --root /data/cityscapes --split val",
+    "predict": "example: apoda predict runs/apoda/checkpoints/last.pt frames/ --out predictions/",
+    "report": "example: apoda report runs/demo/source_only runs/demo/apoda --out runs/compare",
+    "data": "example: apoda data stats gta5 /data/gta5 --out gta5.json --plot gta5.png",
+    "suite": "example: apoda suite table3 --seeds 3 --out runs/table3",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="apoda",
+        description="Unsupervised domain adaptation for semantic segmentation by adversarial "
+        "perturbation (APODA, AAAI 2020), with its baselines, datasets and reports.",
+        epilog="Start with `apoda demo`. Each command has --help with an example.",
+        formatter_class=fmt,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name, help=help_text, description=help_text, epilog=EXAMPLES[name], formatter_class=fmt
+        )
+        p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+        return p
+
+    p = add(
+        "demo",
+        "Generate MiniCity, train source only (step 1), then APODA and APODA with the "
+        "attack off from that checkpoint; print the per-class table and write the report.",
+    )
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--fast", action="store_true", help="a much shorter schedule (smoke test, CI)")
+    p.add_argument("--overwrite", action="store_true", help="retrain runs that already exist")
+
+    p = add("train", "Train one config: a YAML file or a built-in name such as minicity/apoda.")
+    p.add_argument("config", help="YAML file, or a built-in config name (see configs/)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.iterations=50")
+    p.add_argument("--out", help="run folder (default runs/NAME)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run from its last checkpoint"
+    )
+    p.add_argument("--overwrite", action="store_true", help="start an existing run folder again")
+
+    p = add(
+        "eval",
+        "Score a checkpoint (or a run folder) on a labelled split: per-class table and "
+        "metrics.json.",
+    )
+    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument("--data", required=True, choices=["minicity", "gta5", "synthia", "cityscapes"])
+    p.add_argument("--root", help="dataset folder (not needed for minicity)")
+    p.add_argument("--split", default=None, help="split (default: val for cityscapes/minicity)")
+    p.add_argument("--out", help="where to write metrics.json (default: beside the checkpoint)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--colors", help="also write colour PNGs of the predictions to this folder")
+
+    p = add("predict", "Write colour label maps and overlays for an image or a folder of images.")
+    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument("images", help="an image file or a folder of .png/.jpg images")
+    p.add_argument("--out", required=True, help="output folder")
+
+    p = add("report", "Draw the pictures and report.md for one or more runs side by side.")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--out", help="output folder (default: the single run's folder, or ./report)")
+
+    p = add("data", "Dataset tools: class statistics (the paper's Fig. 4/5) and MiniCity.")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="TOOL")
+    s = data_sub.add_parser(
+        "stats",
+        help="class pixel fractions of a dataset",
+        epilog=EXAMPLES["data"],
+        formatter_class=fmt,
+    )
+    s.add_argument("dataset", choices=["gta5", "synthia", "cityscapes", "minicity"])
+    s.add_argument("root", nargs="?", help="dataset folder (not needed for minicity)")
+    s.add_argument("--split", default=None)
+    s.add_argument("--scheme", default=None, help="cityscapes19 (default) or synthia16")
+    s.add_argument("--out", help="write the statistics as JSON here")
+    s.add_argument("--plot", help="draw the sorted log-scale class distribution here (PNG)")
+    m = data_sub.add_parser(
+        "minicity",
+        help="generate the MiniCity benchmark",
+        epilog="example: apoda data minicity --out /tmp/minicity",
+        formatter_class=fmt,
+    )
+    m.add_argument("--out", help="folder (default: the cache, $APODA_CACHE or ~/.cache/apoda)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--height", type=int, default=64)
+    m.add_argument("--width", type=int, default=128)
+
+    p = add("suite", "Run one of the paper's tables on MiniCity or real data, with seeds.")
+    p.add_argument("name", help="table1, table3, table4 or table5")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--data", default="minicity")
+    p.add_argument("--out", help="output folder (default runs/suite-NAME)")
+    p.add_argument("--fast", action="store_true", help="a much shorter schedule (smoke test)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides applied to every row")
+    return parser
+
+
+# -- commands -----------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from apoda.config import load_config
+    from apoda.configs import resolve_config
+    from apoda.engine.trainer import Trainer
+
+    run_dir = Path(args.out) if args.out else None
+    if args.resume and run_dir is not None and (run_dir / "config.yaml").is_file():
+        config = load_config(run_dir / "config.yaml")
+    else:
+        config = load_config(resolve_config(args.config), args.overrides)
+    run_dir = run_dir or Path("runs") / config.name
+    metrics = Trainer(config, run_dir, resume=args.resume, overwrite=args.overwrite).fit()
+    _print_metrics(metrics)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    from apoda.evaluation import format_table
+
+    print(format_table({"IoU %": metrics}, metrics["class_names"], metrics["tail_classes"]))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from apoda.inference import evaluate_checkpoint
+
+    metrics, out = evaluate_checkpoint(
+        args.checkpoint, args.data, args.root, args.split, args.out, args.batch_size, args.colors
+    )
+    _print_metrics(metrics)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from apoda.inference import predict_images
+
+    paths = predict_images(args.checkpoint, args.images, args.out)
+    print(f"wrote {len(paths)} label maps and overlays to {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from apoda.report import read_run, write_report
+
+    runs = [read_run(path) for path in args.runs]
+    out = Path(args.out) if args.out else (Path(args.runs[0]) if len(runs) == 1 else Path("report"))
+    path = write_report(runs, out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "minicity":
+        from apoda.data.minicity import MiniCityConfig, ensure_minicity
+
+        cfg = MiniCityConfig(seed=args.seed, height=args.height, width=args.width)
+        root = ensure_minicity(cfg, root=Path(args.out) if args.out else None)
+        print(f"MiniCity at {root}")
+        return 0
+    from apoda.inference import dataset_stats
+
+    stats = dataset_stats(args.dataset, args.root, args.split, args.scheme, args.out, args.plot)
+    width = max(len(n) for n in stats["class_names"])
+    for name, frac in sorted(stats["pixel_fraction"].items(), key=lambda kv: -kv[1]):
+        mark = "*" if name in stats["tail_classes"] else " "
+        print(f"{mark}{name:<{width}}  {100 * frac:7.3f} %")
+    print(
+        f"{stats['num_images']} images; ignored {100 * stats['ignored_fraction']:.2f} % of pixels; "
+        f"* = tail (< 1 % of labelled pixels)"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from apoda.demo import run_demo
+
+    run_demo(Path(args.out), fast=args.fast, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_suite(args: argparse.Namespace) -> int:
+    from apoda.suites import run_suite
+
+    out = Path(args.out) if args.out else Path("runs") / f"suite-{args.name}"
+    run_suite(
+        args.name,
+        out,
+        seeds=args.seeds,
+        data=args.data,
+        fast=args.fast,
+        overrides=args.overrides,
+        argv=sys.argv,
+    )
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "report": cmd_report,
+    "data": cmd_data,
+    "demo": cmd_demo,
+    "suite": cmd_suite,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `apoda` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ApodaError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted; `apoda train ... --resume` continues from the last checkpoint",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Built-in configs (YAML, shipped with the package): `minicity/apoda`, `gta5_to_cityscapes/...`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from apoda.errors import ApodaError
+
+CONFIG_DIR = Path(__file__).parent
+
+
+def builtin_configs() -> list[str]:
+    """Names of the shipped configs, e.g. `minicity/source_only`."""
+    return sorted(
+        str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml")
+    )
+
+
+def resolve_config(name_or_path: str) -> Path:
+    """A YAML path as given, else a built-in config by name (with or without `.yaml`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    candidate = CONFIG_DIR / (
+        name_or_path if name_or_path.endswith(".yaml") else f"{name_or_path}.yaml"
+    )
+    if candidate.is_file():
+        return candidate
+    raise ApodaError(
+        f"config {name_or_path!r} is neither a file nor a built-in config; built-in: "
+        f"{', '.join(builtin_configs())}"
+    )

@@ -1,0 +1,72 @@
+"""GTA5: ``images/NNNNN.png`` with palette ``labels/NNNNN.png`` whose indices are Cityscapes ids."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from apoda.data.classes import ClassScheme
+from apoda.data.io import SegmentationDataset, pair_by_name, read_label_indices
+from apoda.data.transforms import AugmentConfig
+from apoda.errors import ApodaError
+
+
+class GTA5Dataset(SegmentationDataset):
+    """GTA5 frames. Without ``list_file`` every image in ``images/`` is used and must have its
+    label; with one (a file name per line), listed pairs missing on disk are skipped with one
+    warning that counts them (the released list names 24,966 frames, 24,941 pairs exist)."""
+
+    layout = "GTA5 layout ROOT/images/*.png and ROOT/labels/*.png"
+
+    def __init__(
+        self,
+        root: str | Path,
+        scheme: ClassScheme,
+        *,
+        size: tuple[int, int] | None = None,
+        normalisation: str = "caffe",
+        augment: AugmentConfig | None = None,
+        max_items: int | None = None,
+        seed: int = 0,
+        label_full_res: bool = False,
+        list_file: str | Path | None = None,
+    ) -> None:
+        self.list_file = None if list_file is None else Path(list_file)
+        super().__init__(
+            root,
+            scheme,
+            size=size,
+            normalisation=normalisation,
+            augment=augment,
+            max_items=max_items,
+            seed=seed,
+            label_full_res=label_full_res,
+        )
+
+    def _find_pairs(self) -> list[tuple[Path, Path | None]]:
+        image_dir, label_dir = self.root / "images", self.root / "labels"
+        if self.list_file is None:
+            return pair_by_name(self.root, image_dir, label_dir, self.layout)
+        if not image_dir.is_dir() or not label_dir.is_dir():
+            raise ApodaError(f"{self.root}: expected {self.layout}")
+        if not self.list_file.is_file():
+            raise ApodaError(f"missing list file {self.list_file}; expected one file name a line")
+        names = [line.strip() for line in self.list_file.read_text().splitlines() if line.strip()]
+        pairs: list[tuple[Path, Path | None]] = []
+        for name in names:
+            image, label = image_dir / name, label_dir / name
+            if image.is_file() and label.is_file():
+                pairs.append((image, label))
+        skipped = len(names) - len(pairs)
+        if skipped:
+            warnings.warn(
+                f"{self.list_file}: skipped {skipped} of {len(names)} listed pairs missing on "
+                f"disk under {self.root}",
+                stacklevel=4,
+            )
+        return pairs
+
+    def _read_raw_label(self, path: Path) -> np.ndarray:
+        return self.scheme.cityscapes_lut[read_label_indices(path)]

@@ -1,0 +1,211 @@
+"""Datasets and loaders of a run, from its config: labelled source, unlabelled target, target
+validation at full label resolution; loaders that cycle independently and resume exactly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from apoda.config import Config, DataConfig
+from apoda.data import ClassScheme, SegmentationDataset, build_dataset, get_scheme
+from apoda.data.transforms import AugmentConfig
+from apoda.errors import ApodaError
+
+SOURCES = ("gta5", "synthia", "minicity")
+TARGETS = ("cityscapes", "minicity")
+
+
+def minicity_root(data: DataConfig) -> Path:
+    """The MiniCity folder for these settings, generated into the cache when missing."""
+    from apoda.data.minicity import MiniCityConfig, ensure_minicity
+
+    s = data.minicity
+    config = MiniCityConfig(
+        seed=s.seed,
+        n_source=s.n_source,
+        n_target_train=s.n_target_train,
+        n_target_val=s.n_target_val,
+        height=s.height,
+        width=s.width,
+    )
+    return ensure_minicity(config)
+
+
+def _size(value: list[int] | None) -> tuple[int, int] | None:
+    return None if value is None else (int(value[0]), int(value[1]))
+
+
+@dataclass
+class RunData:
+    """The three datasets of a run and their class scheme."""
+
+    scheme: ClassScheme
+    source: SegmentationDataset
+    target: SegmentationDataset
+    val: SegmentationDataset
+
+
+def build_run_data(config: Config, need_train: bool = True) -> RunData:
+    """Build source, target-train and target-val datasets (roots and layouts checked here)."""
+    data = config.data
+    scheme = get_scheme(data.scheme)
+    if data.source not in SOURCES:
+        raise ApodaError(f"data.source {data.source!r}: expected one of {', '.join(SOURCES)}")
+    if data.target not in TARGETS:
+        raise ApodaError(f"data.target {data.target!r}: expected one of {', '.join(TARGETS)}")
+    mini = minicity_root(data) if "minicity" in (data.source, data.target) else None
+    augment = None
+    if data.flip or data.random_scale or data.crop or data.photometric:
+        augment = AugmentConfig(
+            random_scale=tuple(data.random_scale) if data.random_scale else None,
+            crop=_size(data.crop),
+            flip=data.flip,
+            photometric=data.photometric,
+        )
+    common: dict[str, Any] = {"normalisation": data.normalisation, "seed": config.train.seed}
+
+    def root_of(name: str, root: str | None, key: str) -> Path:
+        if name == "minicity":
+            assert mini is not None
+            return mini / ("source" if key == "source_root" else "target")
+        if root is None:
+            raise ApodaError(f"data.{key} is not set: give the folder of the {name} dataset")
+        return Path(root).expanduser()
+
+    src_name = "gta5" if data.source == "minicity" else data.source
+    src_root = root_of(data.source, data.source_root, "source_root")
+    tgt_root = root_of(data.target, data.target_root, "target_root")
+    val = build_dataset(
+        "cityscapes",
+        tgt_root,
+        "val",
+        scheme,
+        size=_size(data.target_size),
+        label_full_res=True,
+        max_items=data.max_val,
+        **common,
+    )
+    if not need_train:
+        return RunData(scheme, val, val, val)
+    source = build_dataset(
+        src_name,
+        src_root,
+        "train",
+        scheme,
+        size=_size(data.source_size),
+        augment=augment,
+        max_items=data.max_source,
+        **common,
+    )
+    target = build_dataset(
+        "cityscapes",
+        tgt_root,
+        "train",
+        scheme,
+        size=_size(data.target_size),
+        augment=augment,
+        max_items=data.max_target,
+        labelled=False,
+        **common,
+    )
+    return RunData(scheme, source, target, val)
+
+
+def source_stats(dataset: SegmentationDataset, name: str) -> dict[str, Any]:
+    """Class statistics of the source labels, cached beside the dataset cache by root and size."""
+    from apoda.data.minicity import cache_dir
+    from apoda.data.stats import compute_stats
+
+    key = f"{name}|{dataset.root.resolve()}|{len(dataset)}|{dataset.scheme.name}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    path = cache_dir() / "stats" / f"{name}-{digest}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    stats = compute_stats(dataset, name, "train")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(stats, indent=1))
+    tmp.replace(path)
+    return stats
+
+
+class CyclingLoader:
+    """Endless batches over a dataset: a fresh permutation per epoch from (seed, epoch), split
+    across ranks so that R ranks see exactly the global batch one process would see.
+
+    Its state is (epoch, batch position), so a resumed run reads the same batches."""
+
+    def __init__(
+        self,
+        dataset: Dataset[Any],
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        num_workers: int = 0,
+    ) -> None:
+        if batch_size % world:
+            raise ApodaError(f"data.batch_size {batch_size} is not divisible by {world} ranks")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.per_rank = batch_size // world
+        self.batches_per_epoch = len(dataset) // batch_size  # type: ignore[arg-type]
+        if self.batches_per_epoch == 0:
+            raise ApodaError(
+                f"a dataset of {len(dataset)} images is smaller than data.batch_size {batch_size}"  # type: ignore[arg-type]
+            )
+        self.seed, self.rank, self.num_workers = seed, rank, num_workers
+        self.epoch, self.position = 0, 0
+        self._iter: Iterator[Any] | None = None
+
+    def _epoch_indices(self) -> list[int]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(len(self.dataset), generator=gen).tolist()  # type: ignore[arg-type]
+        picked = []
+        for b in range(self.position, self.batches_per_epoch):
+            batch = perm[b * self.batch_size : (b + 1) * self.batch_size]
+            picked += batch[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
+        return picked
+
+    def _start_epoch(self) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.per_rank,
+            sampler=self._epoch_indices(),
+            num_workers=self.num_workers,
+            persistent_workers=False,
+        )
+        self._iter = iter(loader)
+
+    def __next__(self) -> dict[str, Any]:
+        if self._iter is None:
+            self._start_epoch()
+        assert self._iter is not None
+        try:
+            batch = next(self._iter)
+        except StopIteration:
+            self.epoch, self.position = self.epoch + 1, 0
+            self._start_epoch()
+            batch = next(self._iter)
+        self.position += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the loader is: the next batch to read."""
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a saved position."""
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        if self.position >= self.batches_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        self._iter = None

@@ -1,0 +1,426 @@
+"""The one training loop: data, poly schedule, evaluation, checkpoints, resume, logs, DDP.
+
+Every method runs through `Trainer.fit`; the method only takes steps. A run writes one folder:
+config.yaml, checkpoints/, tb/, log.jsonl, metrics.json, stats/, samples.npz, report.md."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from apoda.config import Config, config_to_dict, load_config, save_config
+from apoda.data import ClassScheme, SegmentationDataset
+from apoda.engine.checkpoint import load_checkpoint, load_module_state, save_checkpoint
+from apoda.engine.data import CyclingLoader, RunData, build_run_data, source_stats
+from apoda.engine.distributed import barrier, init_distributed, sum_over_ranks
+from apoda.engine.run_log import RunLog
+from apoda.errors import ApodaError
+from apoda.evaluation import evaluate, metrics_dict
+from apoda.losses import class_weights
+from apoda.methods import Method, build_method
+from apoda.methods.base import NonFiniteError
+from apoda.models import Segmenter, build_segmenter, load_pretrained
+
+RUN_FILES = ("checkpoints", "tb", "log.jsonl", "metrics.json", "samples.npz", "stats", "report.md")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present (the local rank's GPU under torchrun), else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ApodaError(f"train.device {name!r} asked for CUDA, but no GPU is visible")
+        import os
+
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
+
+
+def build_model(config: Config, num_classes: int, log: Callable[[str], None] = print) -> Segmenter:
+    """The segmenter of a config, with its pretrained backbone or step-1 checkpoint loaded."""
+    model = config.model
+    segmenter = build_segmenter(
+        model.arch,
+        num_classes,
+        cut=model.cut,
+        multi_level=model.multi_level,
+        aspp_legacy=model.aspp_legacy,
+        bn_mode=model.bn_mode,
+    )
+    if model.pretrained:
+        load_pretrained(segmenter, model.pretrained, log=log)
+    if model.init_from:
+        state = load_checkpoint(model.init_from)
+        load_module_state(
+            segmenter, state["modules"]["segmenter"], "segmenter", Path(model.init_from)
+        )
+        log(
+            f"initialised the segmenter from {model.init_from} (iteration {state.get('iteration')})"
+        )
+    return segmenter
+
+
+def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
+    out = {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+    }
+    if channels_last:
+        out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def evaluate_segmenter(
+    segmenter: torch.nn.Module,
+    dataset: SegmentationDataset,
+    scheme: ClassScheme,
+    tail: list[str],
+    device: torch.device,
+    batch_size: int,
+    name: str,
+    split: str,
+    iteration: int | None = None,
+    checkpoint: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score a segmenter on a labelled split: one confusion matrix summed over ranks."""
+    import torch.distributed as dist
+
+    shard: Any = dataset
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        shard = Subset(dataset, list(range(rank, len(dataset), world)))
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False)
+    cm = evaluate(
+        segmenter, loader, scheme.num_classes, device, progress=progress, reduce=sum_over_ranks
+    )
+    return metrics_dict(cm, scheme, tail, name, split, iteration=iteration, checkpoint=checkpoint)
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber an existing run unless asked; check the folder can be written."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ApodaError(f"output folder {run_dir} exists and is not a folder")
+    existing = run_dir.is_dir() and any(run_dir.iterdir())
+    if existing and not (resume or overwrite):
+        raise ApodaError(
+            f"run folder {run_dir} already exists; pass --resume to continue it or --overwrite "
+            f"to start it again"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ApodaError(f"output folder {run_dir} cannot be written: {exc.strerror}") from None
+    if overwrite and not resume:
+        for name in (*RUN_FILES, "config.yaml"):
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+
+class Trainer:
+    """Runs one config to the end (or resumes it) and writes the run folder."""
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str | Path,
+        resume: bool = False,
+        overwrite: bool = False,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(config.train.device)
+        self.rank, self.world = init_distributed(self.device.type)
+        self.main = self.rank == 0
+        if self.main:
+            prepare_run_dir(self.run_dir, resume, overwrite)
+        barrier()
+        saved = self.run_dir / "config.yaml"
+        if resume and saved.is_file():
+            config = load_config(saved)  # a resumed run keeps the config it started with
+        self.config = config
+        self.resume = resume
+        self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
+        self._print = log if self.main else (lambda _msg: None)
+
+    # -- set-up --------------------------------------------------------------------------------
+    def _seed(self) -> None:
+        seed = self.config.train.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _setup(self) -> None:
+        cfg = self.config
+        self._seed()
+        self.data: RunData = build_run_data(cfg)
+        scheme = self.data.scheme
+        stats = source_stats(self.data.source, cfg.data.source)
+        self.source_stats = stats
+        self.tail = list(cfg.data.tail_classes or stats["tail_classes"])
+        unknown = sorted(set(self.tail) - set(scheme.class_names))
+        if unknown:
+            raise ApodaError(
+                f"data.tail_classes names unknown classes {unknown}; "
+                f"valid: {list(scheme.class_names)}"
+            )
+        weights = None
+        if cfg.method.seg_loss == "wce":
+            weights = class_weights(
+                [stats["pixel_fraction"].get(n, 0.0) for n in scheme.class_names]
+            )
+        if cfg.method.name == "apoda" and not cfg.model.init_from:
+            warnings.warn(
+                "APODA without model.init_from starts from an untrained G; the paper's step 1 "
+                "(a source-only run) should come first",
+                stacklevel=2,
+            )
+        self.segmenter = build_model(cfg, scheme.num_classes, log=self._print).to(self.device)
+        if cfg.train.channels_last and self.device.type == "cuda":
+            self.segmenter.to(memory_format=torch.channels_last)
+        self.method: Method = build_method(self.segmenter, cfg, self.device, weights)
+        total, power = cfg.train.iterations, cfg.optim.poly_power
+        self.schedulers = {
+            name: LambdaLR(opt, lambda it: max(0.0, 1.0 - it / total) ** power)
+            for name, opt in self.method.optimizers.items()
+        }
+        batch = cfg.data.batch_size
+        workers = cfg.data.num_workers
+        seed = cfg.train.seed
+        self.source_loader = CyclingLoader(
+            self.data.source, batch, seed, self.rank, self.world, workers
+        )
+        self.target_loader = CyclingLoader(
+            self.data.target, batch, seed + 1, self.rank, self.world, workers
+        )
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _state(self, iteration: int) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "iteration": iteration,
+            "config": config_to_dict(self.config),
+            "modules": {k: m.state_dict() for k, m in self.method.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.method.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "loaders": {
+                "source": self.source_loader.state_dict(),
+                "target": self.target_loader.state_dict(),
+            },
+            "rng": {"torch": torch.get_rng_state()},
+            "skipped_steps": self.method.skipped_steps,
+            "best": self.best,
+            "tail_classes": self.tail,
+            "class_names": list(self.data.scheme.class_names),
+        }
+        if torch.cuda.is_available():
+            state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _restore(self, state: dict[str, Any]) -> int:
+        for name, module in self.method.modules.items():
+            load_module_state(module, state["modules"][name], name, self.checkpoint_path)
+        for name, opt in self.method.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        for name, sched in self.schedulers.items():
+            sched.load_state_dict(state["schedulers"][name])
+        self.source_loader.load_state_dict(state["loaders"]["source"])
+        self.target_loader.load_state_dict(state["loaders"]["target"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.method.skipped_steps = int(state.get("skipped_steps", 0))
+        self.best = state.get("best")
+        return int(state["iteration"])
+
+    def _save(self, iteration: int) -> None:
+        if self.main:
+            save_checkpoint(self._state(iteration), self.checkpoint_path)
+        barrier()
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _evaluate(self, iteration: int, checkpoint: str | None = None) -> dict[str, Any]:
+        cfg = self.config
+        metrics = evaluate_segmenter(
+            self.segmenter,
+            self.data.val,
+            self.data.scheme,
+            self.tail,
+            self.device,
+            cfg.data.eval_batch_size,
+            cfg.data.target,
+            "val",
+            iteration=iteration,
+            checkpoint=checkpoint,
+        )
+        self.method.set_train_mode()
+        return metrics
+
+    def _track_best(self, metrics: dict[str, Any], iteration: int) -> None:
+        """Oracle selection (behind train.select_best): keep the best snapshot on target val."""
+        miou = metrics["miou"]
+        if miou is None or (self.best is not None and miou <= self.best["miou"]):
+            return
+        self.best = {"miou": miou, "iteration": iteration}
+        if self.main:
+            best = self._state(iteration)
+            best["metrics"] = metrics
+            save_checkpoint(best, self.run_dir / "checkpoints" / "best.pt")
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train to `train.iterations`, evaluate, write metrics.json; return the metrics."""
+        cfg = self.config
+        self._setup()
+        self.best: dict[str, Any] | None = None
+        start = 0
+        if self.resume and self.checkpoint_path.is_file():
+            start = self._restore(load_checkpoint(self.checkpoint_path))
+            self._print(f"resumed {self.run_dir} at iteration {start}")
+        if self.main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        runlog = RunLog(self.run_dir, resume_iteration=start) if self.main else None
+        total = cfg.train.iterations
+        self.method.set_train_mode()
+        bar = tqdm(
+            total=total,
+            initial=start,
+            desc=f"{cfg.name} [{cfg.method.name}]",
+            disable=not (self.main and cfg.train.progress),
+            dynamic_ncols=True,
+        )
+        try:
+            for it in range(start, total):
+                source = _to_device(next(self.source_loader), self.device, cfg.train.channels_last)
+                target = _to_device(next(self.target_loader), self.device, cfg.train.channels_last)
+                try:
+                    values = self.method.train_step(source, target, it)
+                except NonFiniteError as exc:
+                    raise ApodaError(
+                        f"iteration {it + 1}: non-finite value in {exc.term}; the run stopped and "
+                        f"its last good checkpoint {self.checkpoint_path} is intact (set "
+                        f"train.nonfinite=skip to skip such steps)"
+                    ) from None
+                for sched in self.schedulers.values():
+                    sched.step()
+                done = it + 1
+                bar.update(1)
+                if runlog is not None and (done % cfg.train.log_every == 0 or done == total):
+                    lrs = {
+                        f"lr/{k}": o.param_groups[-1]["lr"]
+                        for k, o in self.method.optimizers.items()
+                    }
+                    floats = runlog.train(done, {**values, **lrs})
+                    if self.method.skipped_steps:
+                        floats["skipped"] = self.method.skipped_steps
+                    shown = {
+                        k.split("/")[-1]: f"{v:.3g}"
+                        for k, v in floats.items()
+                        if k.startswith("loss/")
+                    }
+                    bar.set_postfix(shown, refresh=False)
+                if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != total:
+                    metrics = self._evaluate(done)
+                    if runlog is not None:
+                        runlog.eval(done, metrics)
+                    bar.write(f"iteration {done}: target val mIoU {_fmt(metrics['miou'])}")
+                    if cfg.train.select_best:
+                        self._track_best(metrics, done)
+                if done % cfg.train.checkpoint_every == 0 or done == total:
+                    self._save(done)
+        finally:
+            bar.close()
+        metrics = self._evaluate(total, checkpoint=str(self.checkpoint_path))
+        metrics["selection"] = "final"
+        if runlog is not None:
+            runlog.eval(total, metrics)
+        if cfg.train.select_best:
+            self._track_best(metrics, total)
+            metrics = self._oracle_metrics(metrics)
+        metrics["skipped_steps"] = self.method.skipped_steps
+        if self.main:
+            assert runlog is not None
+            runlog.close()
+            self._write_outputs(metrics)
+        barrier()
+        return metrics
+
+    def _oracle_metrics(self, final: dict[str, Any]) -> dict[str, Any]:
+        """The best snapshot's metrics, labelled as oracle selection on the target val set."""
+        best_path = self.run_dir / "checkpoints" / "best.pt"
+        assert self.best is not None
+        if self.best["iteration"] == final["iteration"] or not best_path.is_file():
+            chosen = dict(final)
+        else:
+            chosen = dict(load_checkpoint(best_path)["metrics"])
+            chosen["checkpoint"] = str(best_path)
+        chosen["selection"] = "oracle-best (model picked on the target val set)"
+        chosen["final_miou"] = final["miou"]
+        return chosen
+
+    def _write_outputs(self, metrics: dict[str, Any]) -> None:
+        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        stats_dir = self.run_dir / "stats"
+        stats_dir.mkdir(exist_ok=True)
+        (stats_dir / "source.json").write_text(json.dumps(self.source_stats, indent=1))
+        self._write_samples()
+        from apoda.report import read_run, write_report
+
+        write_report([read_run(self.run_dir)], self.run_dir, title=f"apoda run {self.config.name}")
+
+    def _write_samples(self) -> None:
+        """Predictions on the first few target-val images, for the report's picture grid."""
+        n = min(self.config.train.samples, len(self.data.val))
+        if n == 0:
+            return
+        images, labels, preds = [], [], []
+        norm = self.data.val.normalisation
+        self.segmenter.eval()
+        with torch.no_grad():
+            for i in range(n):
+                item = self.data.val[i]
+                x = item["image"][None].to(self.device)
+                logits = self.segmenter(x).float()
+                label = item["label"]
+                if label.shape != x.shape[2:]:
+                    label = torch.nn.functional.interpolate(
+                        label[None, None].float(), size=x.shape[2:], mode="nearest"
+                    )[0, 0].long()
+                images.append(norm.denormalise(item["image"]))
+                labels.append(label.numpy().astype(np.uint8))
+                preds.append(logits.argmax(1)[0].cpu().numpy().astype(np.uint8))
+        self.method.set_train_mode()
+        np.savez_compressed(
+            self.run_dir / "samples.npz",
+            images=np.stack(images),
+            labels=np.stack(labels),
+            predictions=np.stack(preds),
+        )
+
+
+def _fmt(value: float | None) -> str:
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.2f}"
+    )

@@ -1,0 +1,83 @@
+"""APODA steps 2 and 3: G frozen; perturb source and target features point by point with the
+configured attack (Eq. 4-6), then train F with Eq. (9) and D to give the domain labels to clean
+and perturbed outputs alike."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from apoda.attacks import perturb_features
+from apoda.losses import consistency_loss, domain_loss, entropy_loss
+from apoda.methods.base import Batch, Method, StepLog
+
+
+class Apoda(Method):
+    """F and D trained against pointwise feature perturbations; G never changes."""
+
+    name = "apoda"
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.segmenter.freeze_feature_extractor()
+        self.optimizers["segmenter"] = self.segmenter_optimizer()
+        disc, opt = self.discriminator()
+        self.modules["discriminator"] = disc
+        self.optimizers["discriminator"] = opt
+
+    def _features(self, image: Tensor) -> Tensor:
+        """f = G(x), computed once per step without a graph (G is frozen), in float32."""
+        with torch.no_grad(), self.autocast():
+            return self.segmenter.features(image).float()
+
+    def train_step(self, source: Batch, target: Batch, iteration: int) -> StepLog:
+        method = self.config.method
+        disc = self.modules["discriminator"]
+        classifier = self.segmenter.classifier
+        size_s, size_t = tuple(source["image"].shape[2:]), tuple(target["image"].shape[2:])
+        labels = source["label"]
+        f_s, f_t = self._features(source["image"]), self._features(target["image"])
+
+        # Step 2: adversarial features (the attack runs in float32: its signs must be exact).
+        f_s_adv, diag_s = perturb_features(
+            classifier, disc, f_s, "source", method.attack, size_s, labels=labels
+        )
+        f_t_adv, diag_t = perturb_features(classifier, disc, f_t, "target", method.attack, size_t)
+        log: StepLog = {f"attack/source/{k}": v for k, v in diag_s.items()}
+        log.update({f"attack/target/{k}": v for k, v in diag_t.items()})
+
+        # Step 3: F on clean and perturbed features, in one batch per domain.
+        self.optimizers["segmenter"].zero_grad(set_to_none=True)
+        with self.autocast():
+            logits_s = self.segmenter.classify(torch.cat([f_s, f_s_adv]), size_s)
+            logits_t = self.segmenter.classify(torch.cat([f_t, f_t_adv]), size_t)
+        clean_s, adv_s = logits_s.float().chunk(2)
+        clean_t, adv_t = logits_t.float().chunk(2)
+        seg = self.seg_loss(clean_s, labels)
+        seg_adv = self.seg_loss(adv_s, labels)
+        cst = consistency_loss(clean_t.softmax(1), adv_t.softmax(1))  # Eq. (7)
+        ent, ent_adv = entropy_loss(clean_t), entropy_loss(adv_t)  # Eq. (8)
+        # Eq. (9)
+        loss_cls = (
+            seg_adv
+            + seg
+            + method.alpha_cst * cst
+            + method.alpha_ent * ent
+            + method.alpha_ent_adv * ent_adv
+        )
+        terms = {"loss/seg_source": seg, "loss/seg_source_adv": seg_adv, "loss/cst": cst}
+        terms.update({"loss/ent_target": ent, "loss/ent_target_adv": ent_adv})
+        log.update({k: v.detach() for k, v in terms.items()})
+        log["loss/total"] = loss_cls.detach()
+        self.backward_step(loss_cls, log, ["segmenter"])
+
+        # D assigns the same domain label to perturbed outputs as to their clean originals.
+        self.optimizers["discriminator"].zero_grad(set_to_none=True)
+        probs_s = torch.cat([clean_s, adv_s]).softmax(1).detach()
+        probs_t = torch.cat([clean_t, adv_t]).softmax(1).detach()
+        with self.autocast():
+            d_s, d_t = disc(probs_s).float(), disc(probs_t).float()
+        loss_d = 0.5 * domain_loss(d_s, "source") + 0.5 * domain_loss(d_t, "target")  # Eq. (2)
+        log["loss/d"] = loss_d.detach()
+        self.backward_step(loss_d, {"loss/d": log["loss/d"]}, ["discriminator"])
+        return log

@@ -1,0 +1,98 @@
+"""Output-space adversarial baselines: AdaptSegNet ("ASN", D on softmax outputs), AdvEnt (D on
+the weighted self-information map), MinEnt and AdvEnt+MinEnt; ASN + weighted CE and ASN + Lovász
+are ASN with another `seg_loss`."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from apoda.losses import domain_loss, entropy_loss, self_information
+from apoda.methods.base import Batch, Method, StepLog
+
+
+class OutputAdversarial(Method):
+    """G and F learn L_seg(source) + lambda_adv * (fool D on target outputs); D learns Eq. (2)."""
+
+    name = "asn"
+    discriminator_input = "softmax"
+    adversarial = True
+    entropy = False
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.optimizers["segmenter"] = self.segmenter_optimizer()
+        heads = ["main", "aux"] if self.config.model.multi_level else ["main"]
+        if self.adversarial:
+            for head in heads:
+                disc, opt = self.discriminator()
+                self.modules[f"discriminator_{head}"] = disc
+                self.optimizers[f"discriminator_{head}"] = opt
+
+    def d_input(self, logits: Tensor) -> Tensor:
+        """What D sees: the softmax (ASN) or the self-information map (AdvEnt)."""
+        logits = logits.float()
+        if self.discriminator_input == "self_information":
+            return self_information(logits)
+        return logits.softmax(1)
+
+    def train_step(self, source: Batch, target: Batch, iteration: int) -> StepLog:
+        log: StepLog = {}
+        method = self.config.method
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        discs = {
+            k.removeprefix("discriminator_"): m for k, m in self.modules.items() if k != "segmenter"
+        }
+        for disc in discs.values():
+            disc.requires_grad_(False)
+        with self.autocast():
+            loss, logits_s, aux_s = self.supervised_loss(source["image"], source["label"], log)
+            logits_t, aux_t = self.target_outputs(target["image"])
+            outputs = {"main": (logits_s, logits_t), "aux": (aux_s, aux_t)}
+            weights = {"main": method.lambda_adv, "aux": method.lambda_adv_aux}
+            for head, disc in discs.items():
+                # The generator's target loss uses the source label (fool D).
+                adv = domain_loss(disc(self.d_input(outputs[head][1])).float(), "source")
+                log[f"loss/adv_{head}"] = adv.detach()
+                loss = loss + weights[head] * adv
+            if self.entropy:
+                ent = entropy_loss(logits_t.float())  # Eq. (8)
+                log["loss/ent_target"] = ent.detach()
+                loss = loss + method.lambda_ent * ent
+        self.backward_step(loss, log, ["segmenter"])
+        for head, disc in discs.items():
+            disc.requires_grad_(True)
+            src, tgt = outputs[head]
+            with self.autocast():
+                d_src = disc(self.d_input(src.detach())).float()
+                d_tgt = disc(self.d_input(tgt.detach())).float()
+            # Eq. (2), each term halved as in the reference code.
+            loss_d = 0.5 * domain_loss(d_src, "source") + 0.5 * domain_loss(d_tgt, "target")
+            log[f"loss/d_{head}"] = loss_d.detach()
+            self.backward_step(
+                loss_d, {f"loss/d_{head}": log[f"loss/d_{head}"]}, [f"discriminator_{head}"]
+            )
+        log["loss/total"] = loss.detach()
+        return log
+
+
+class AdvEnt(OutputAdversarial):
+    """AdvEnt: D on -p log p / log C instead of the softmax."""
+
+    name = "advent"
+    discriminator_input = "self_information"
+
+
+class MinEnt(OutputAdversarial):
+    """MinEnt: entropy minimisation on target (lambda_ent), no discriminator."""
+
+    name = "minent"
+    adversarial = False
+    entropy = True
+
+
+class AdvEntMinEnt(AdvEnt):
+    """AdvEnt + MinEnt."""
+
+    name = "advent_minent"
+    entropy = True

@@ -1,0 +1,336 @@
+"""Tests for apoda.report: run folders are read, every picture is drawn, report.md is right."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from apoda.errors import ApodaError
+from apoda.report import (
+    _moving_average,
+    plot_class_distribution,
+    plot_curves,
+    plot_gradient_intensity,
+    plot_per_class_iou,
+    plot_qualitative,
+    read_run,
+    write_report,
+)
+
+CLASSES = ["road", "car", "sign", "bike"]
+TAIL = ["sign", "bike"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _palette() -> np.ndarray:
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[: len(CLASSES)] = [[128, 64, 128], [0, 0, 142], [220, 220, 0], [119, 11, 32]]
+    return palette
+
+
+def _train_line(iteration: int, attack: bool) -> dict[str, Any]:
+    values: dict[str, float] = {
+        "loss/seg_source": 2.0 / (1 + iteration),
+        "loss/adv": 0.7 + 0.01 * iteration,
+        "lr/classifier": 2.5e-4 * (1 - iteration / 100) ** 0.9,
+    }
+    if attack:
+        for domain, scale in (("source", 1.0), ("target", 0.1)):
+            for k in range(3):
+                values[f"attack/{domain}/grad_adv/k{k}"] = scale * 1e-3 * (k + 1)
+                values[f"attack/{domain}/grad_l2/k{k}"] = scale * 10.0 ** (-k)
+                values[f"attack/{domain}/l2/k{k}"] = 0.5 * (k + 1)
+            values[f"attack/{domain}/grad_seg/k0"] = scale * 5.0
+    return {"kind": "train", "iteration": iteration, "time": 0.1 * iteration, "values": values}
+
+
+def _make_run(
+    root: Path,
+    name: str,
+    ious: list[float | None],
+    *,
+    method: str = "apoda",
+    attack: bool = True,
+    evals: bool = True,
+    stats: bool = True,
+    samples: bool = True,
+    selection: str = "final",
+) -> Path:
+    """Write a small but complete run folder, as the training loop would."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"method": {"name": method}, "seed": 0}))
+    per_class = dict(zip(CLASSES, ious, strict=True))
+    finite = [v for v in ious if v is not None]
+    metrics = {
+        "dataset": "minicity",
+        "split": "val",
+        "num_classes": len(CLASSES),
+        "class_names": CLASSES,
+        "miou": sum(finite) / len(finite),
+        "per_class": per_class,
+        "tail_classes": TAIL,
+        "head_miou": (ious[0] + ious[1]) / 2,  # type: ignore[operator]
+        "tail_miou": None,
+        "iteration": 40,
+        "checkpoint": str(folder / "checkpoints" / "final.pt"),
+        "subsets": {"mIoU13": 12.25},
+        "selection": selection,
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    lines = [_train_line(i, attack) for i in range(0, 40, 2)]
+    if evals:
+        lines += [
+            {
+                "kind": "eval",
+                "iteration": i,
+                "miou": 10.0 + i,
+                "head_miou": 20.0 + i,
+                "tail_miou": 1.0 + i / 4,
+                "per_class": {},
+            }
+            for i in (20, 40)
+        ]
+    (folder / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    if stats:
+        (folder / "stats").mkdir()
+        for domain, fractions in (
+            ("source", [0.6, 0.3, 0.09, 0.01]),
+            ("target", [0.5, 0.2, 0.0, 0.3]),
+        ):
+            data = {
+                "dataset": domain,
+                "split": "train",
+                "num_images": 3,
+                "class_names": CLASSES,
+                "pixel_fraction": dict(zip(CLASSES, fractions, strict=True)),
+                "ignored_fraction": 0.05,
+                "tail_classes": TAIL,
+            }
+            (folder / "stats" / f"{domain}.json").write_text(json.dumps(data))
+    if samples:
+        rng = np.random.default_rng(0)
+        labels = rng.integers(0, len(CLASSES), size=(2, 24, 32), dtype=np.uint8)
+        labels[:, :3] = 255
+        np.savez(
+            folder / "samples.npz",
+            images=rng.integers(0, 256, size=(2, 24, 32, 3), dtype=np.uint8),
+            labels=labels,
+            predictions=rng.integers(0, len(CLASSES), size=(2, 24, 32), dtype=np.uint8),
+        )
+    return folder
+
+
+def _assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    assert path.stat().st_size > 5_000
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        width, height = image.size
+    assert width > 200 and height > 150
+
+
+@pytest.fixture
+def two_runs(tmp_path: Path) -> list[Path]:
+    return [
+        _make_run(tmp_path / "runs", "apoda", [90.0, 70.0, 12.5, None]),
+        _make_run(
+            tmp_path / "runs",
+            "source_only",
+            [80.0, 60.0, 5.0, 2.5],
+            method="source_only",
+            attack=False,
+            stats=False,
+            selection="oracle-best",
+        ),
+    ]
+
+
+def test_read_run_loads_every_part(two_runs: list[Path]) -> None:
+    run = read_run(two_runs[0])
+    assert run.name == "apoda" and run.method == "apoda"
+    assert run.metrics is not None and run.metrics["per_class"]["bike"] is None
+    assert len(run.train_records) == 20 and len(run.eval_records) == 2
+    assert run.stats is not None and set(run.stats) == {"source", "target"}
+    assert run.samples is not None and run.samples.labels.shape == (2, 24, 32)
+    assert read_run(two_runs[0], name="ours").name == "ours"
+    assert read_run(two_runs[1]).stats is None
+
+
+def test_read_run_minimal_folder_and_truncated_last_line(tmp_path: Path) -> None:
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("method:\n  name: asn\n")
+    (folder / "log.jsonl").write_text(json.dumps(_train_line(0, False)) + '\n{"kind": "tra')
+    run = read_run(folder)
+    assert run.method == "asn" and run.metrics is None and run.stats is None
+    assert run.samples is None and len(run.log) == 1
+
+
+def test_non_run_folder_raises_naming_it(tmp_path: Path) -> None:
+    folder = tmp_path / "not_a_run"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hello")
+    with pytest.raises(ApodaError, match="not_a_run"):
+        read_run(folder)
+    with pytest.raises(ApodaError, match="missing_folder"):
+        read_run(tmp_path / "missing_folder")
+
+
+def test_bad_files_raise_naming_the_file(tmp_path: Path) -> None:
+    folder = _make_run(tmp_path, "broken", [1.0, 2.0, 3.0, 4.0], samples=False)
+    (folder / "log.jsonl").write_text('{"kind": "train"}\nnot json\n{"kind": "eval"}\n')
+    with pytest.raises(ApodaError, match=r"log\.jsonl:2"):
+        read_run(folder)
+    (folder / "log.jsonl").unlink()
+    np.savez(folder / "samples.npz", images=np.zeros((1, 4, 4, 3), np.uint8))
+    with pytest.raises(ApodaError, match=r"samples\.npz.*labels and predictions"):
+        read_run(folder)
+
+
+def test_each_picture_is_a_valid_png(two_runs: list[Path], tmp_path: Path) -> None:
+    runs = [read_run(p) for p in two_runs]
+    out = tmp_path / "pictures"
+    assert runs[0].stats is not None
+    _assert_png(plot_class_distribution(runs[0].stats, out / "class_distribution.png"))
+    _assert_png(plot_per_class_iou(runs, out / "per_class_iou.png"))
+    _assert_png(plot_qualitative(runs, out / "qualitative.png", _palette()))
+    _assert_png(plot_gradient_intensity(runs[0], out / "gradient_intensity.png"))
+    _assert_png(plot_curves(runs, out / "curves.png"))
+
+
+def test_qualitative_grid_shape_follows_runs_and_samples(
+    two_runs: list[Path], tmp_path: Path
+) -> None:
+    runs = [read_run(p) for p in two_runs]
+    one = plot_qualitative(runs[:1], tmp_path / "one.png", _palette(), max_samples=1)
+    both = plot_qualitative(runs, tmp_path / "both.png", _palette(), max_samples=2)
+    with Image.open(one) as a, Image.open(both) as b:
+        assert b.size[0] > a.size[0] * 1.2  # one more prediction column
+        assert b.size[1] > a.size[1] * 1.5  # two sample rows instead of one
+
+
+def test_qualitative_rejects_mismatched_samples_and_bad_palette(
+    two_runs: list[Path], tmp_path: Path
+) -> None:
+    runs = [read_run(p) for p in two_runs]
+    with pytest.raises(ApodaError, match="palette"):
+        plot_qualitative(runs, tmp_path / "q.png", np.zeros((19, 3), np.uint8))
+    other = runs[1].samples
+    assert other is not None
+    other.labels = other.labels[:, :12]
+    other.predictions = other.predictions[:, :12]
+    with pytest.raises(ApodaError, match="source_only"):
+        plot_qualitative(runs, tmp_path / "q.png", _palette())
+
+
+def test_gradient_intensity_needs_attack_keys(two_runs: list[Path], tmp_path: Path) -> None:
+    with pytest.raises(ApodaError, match="grad_"):
+        plot_gradient_intensity(read_run(two_runs[1]), tmp_path / "g.png")
+
+
+def test_report_tables_markers_and_links(two_runs: list[Path], tmp_path: Path) -> None:
+    runs = [read_run(p) for p in two_runs]
+    out = tmp_path / "report"
+    report = write_report(runs, out, title="MiniCity check", palette=_palette())
+    assert report == out / "report.md"
+    text = report.read_text()
+    assert text.startswith("# MiniCity check\n")
+    header = (
+        "| run | method | evaluated on | iteration | mIoU | head mIoU | tail mIoU | mIoU13 "
+        "| selection |"
+    )
+    assert header in text
+    assert "| apoda | apoda | minicity/val | 40 | 57.5 | 80.0 | n/a | 12.2 | final |" in text
+    assert (
+        "| source_only | source_only | minicity/val | 40 | 36.9 | 70.0 | n/a | 12.2 "
+        "| oracle-best |" in text
+    )
+    assert "Note: `oracle-best` picks the snapshot by its target-val mIoU" in text
+    assert "| class | apoda | source_only |" in text
+    assert "| road | 90.0 | 80.0 |" in text
+    assert "| sign* | 12.5 | 5.0 |" in text
+    assert "| bike* | n/a | 2.5 |" in text
+    assert "| car | 70.0 | 60.0 |" in text
+    for picture in (
+        "class_distribution",
+        "per_class_iou",
+        "qualitative",
+        "gradient_intensity",
+        "curves",
+    ):
+        assert f"]({picture}.png)" in text
+        _assert_png(out / f"{picture}.png")
+    assert text.count("How to read this:") == 5
+    assert "Not drawn" not in text
+
+
+def test_report_notes_missing_data_instead_of_crashing(tmp_path: Path) -> None:
+    folder = _make_run(
+        tmp_path,
+        "quiet",
+        [50.0, 40.0, 30.0, 20.0],
+        attack=False,
+        evals=False,
+        stats=False,
+        samples=False,
+    )
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.yaml").write_text("method:\n  name: advent\n")
+    runs = [read_run(folder), read_run(bare)]
+    text = write_report(runs, tmp_path / "out").read_text()
+    assert "_Not drawn: no run has stats/source.json or stats/target.json._" in text
+    assert "_Not drawn: no run has samples.npz._" in text
+    assert "_Not drawn: no run logged attack/*/grad_* values" in text
+    assert "](per_class_iou.png)" in text and "](curves.png)" in text
+    assert not (tmp_path / "out" / "qualitative.png").exists()
+    assert "| bare | advent | no metrics.json |" in text
+    assert "oracle-best" not in text
+
+
+def test_report_on_run_without_any_log_or_metrics(tmp_path: Path) -> None:
+    bare = tmp_path / "fresh"
+    bare.mkdir()
+    (bare / "config.yaml").write_text("method:\n  name: apoda\n")
+    text = write_report([read_run(bare)], tmp_path / "out").read_text()
+    assert text.count("_Not drawn:") == 5
+    assert "_No run has per-class IoU" in text
+    with pytest.raises(ApodaError, match="no runs"):
+        write_report([], tmp_path / "out2")
+
+
+def test_moving_average_is_trailing_and_keeps_short_series() -> None:
+    x = np.arange(6, dtype=float)
+    y = np.array([0.0, 3.0, 6.0, 0.0, 3.0, 6.0])
+    sx, sy = _moving_average(x, y, 3)
+    np.testing.assert_array_equal(sx, [2.0, 3.0, 4.0, 5.0])
+    np.testing.assert_allclose(sy, [3.0, 3.0, 3.0, 3.0])
+    short_x, short_y = _moving_average(x[:2], y[:2], 3)
+    np.testing.assert_array_equal(short_x, x[:2])
+    np.testing.assert_array_equal(short_y, y[:2])
+
+
+def test_curves_accept_runs_with_only_eval_lines(tmp_path: Path) -> None:
+    folder = tmp_path / "evals_only"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("method:\n  name: asn\n")
+    lines = [
+        {
+            "kind": "eval",
+            "iteration": i,
+            "miou": None if i == 0 else 30.0 + i,
+            "head_miou": 40.0,
+            "tail_miou": 5.0,
+        }
+        for i in (0, 10, 20)
+    ]
+    (folder / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    _assert_png(plot_curves([read_run(folder)], tmp_path / "c.png", window=5))
