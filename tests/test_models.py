@@ -112,7 +112,7 @@ def test_resnet101_layout_matches_torchvision_and_deeplab() -> None:
         layer = getattr(backbone, f"layer{i}")
         assert layer[0].downsample is not None
         assert all(b.downsample is None for b in layer[1:])
-    assert backbone.stage_names == CUTS[1:]
+    assert backbone.stage_names == ("stem", *CUTS[1:])
     assert [s.out_channels for s in backbone.stages] == [64, 256, 512, 1024, 2048]
 
 

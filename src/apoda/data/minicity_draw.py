@@ -124,8 +124,8 @@ SYNTHETIC = Style(
     colours="synthetic",
     horizon=(0.37, 0.43),
     camera_height=(1.4, 1.6),
-    priors={"car": 4.0, "truck": 0.9, "bus": 0.35, "train": 0.07, "person": 1.6,
-            "bicycle_rider": 0.12, "motorcycle_rider": 0.12, "bicycle": 0.12, "motorcycle": 0.1},
+    priors={"car": 5.0, "truck": 0.6, "bus": 0.35, "train": 0.07, "person": 1.8,
+            "bicycle_rider": 0.15, "motorcycle_rider": 0.15, "bicycle": 0.12, "motorcycle": 0.12},
 )
 
 REAL = Style(
@@ -133,9 +133,9 @@ REAL = Style(
     colours="real",
     horizon=(0.47, 0.53),
     camera_height=(1.15, 1.3),
-    priors={"car": 3.6, "truck": 0.25, "bus": 0.3, "train": 0.07, "person": 4.0,
+    priors={"car": 4.6, "truck": 0.25, "bus": 0.3, "train": 0.07, "person": 4.0,
             "bicycle_rider": 0.35, "motorcycle_rider": 0.1, "bicycle": 0.45, "motorcycle": 0.08},
-    blur_sigma=(0.5, 0.9),
+    blur_sigma=(0.4, 0.7),
     noise_sigma=(3.0, 6.0),
     saturation=0.85,
     cast=(1.07, 1.0, 0.9),
@@ -148,7 +148,7 @@ RANDOMISED = Style(
     colours="randomised",
     horizon=(0.3, 0.6),
     camera_height=(1.1, 1.7),
-    priors={"car": 3.8, "truck": 0.55, "bus": 0.35, "train": 0.1, "person": 2.8,
+    priors={"car": 4.8, "truck": 0.55, "bus": 0.35, "train": 0.1, "person": 2.8,
             "bicycle_rider": 0.25, "motorcycle_rider": 0.12, "bicycle": 0.3, "motorcycle": 0.1},
     blur_sigma=(0.0, 1.2),
     noise_sigma=(0.0, 10.0),
@@ -434,6 +434,7 @@ class _Scene:
     def draw_plane(self, depth: np.ndarray, along: np.ndarray, valid: np.ndarray,
                    row: _Frontage, shade: float) -> None:
         """Draw a frontage whose column `x` is at `depth[x]` and position `along[x]`."""
+        along = np.where(valid, along, 0.0)
         seg = np.clip(np.searchsorted(row.start, along, side="right") - 1, 0, len(row.start) - 1)
         kind = row.kind[seg]
         valid = valid & (kind != _GAP)
@@ -473,8 +474,8 @@ class _Scene:
     def draw_street_frontages(self) -> None:
         rng = self.rng
         end_half = 0.7 * self.z_end * self.w / self.f + 60.0
-        end = self.frontage(-end_half, end_half, [0.1, 0.65, 0.0, 0.0, 0.25],
-                            {_BUILDING: (4.0, 30.0), _VEG: (4.0, 12.0)})
+        end = self.frontage(-end_half, end_half, [0.15, 0.6, 0.0, 0.0, 0.25],
+                            {_BUILDING: (3.0, 22.0), _VEG: (4.0, 10.0)})
         along = (self.xs - self.cx) * self.z_end / self.f
         self.draw_plane(np.full(self.w, self.z_end, np.float32), along,
                         np.ones(self.w, bool), end, 0.9)
@@ -484,10 +485,10 @@ class _Scene:
             shade = 1.0 if side == self.sun else light
             dx = (self.xs - self.cx) * side
             for offset, probs, heights in (
-                (rng.uniform(6.0, 15.0), [0.05, 0.75, 0.0, 0.0, 0.2],
-                 {_BUILDING: (8.0, 32.0), _VEG: (5.0, 12.0)}),
+                (rng.uniform(6.0, 15.0), [0.15, 0.65, 0.0, 0.0, 0.2],
+                 {_BUILDING: (6.0, 24.0), _VEG: (5.0, 11.0)}),
                 (0.0, [0.05, 0.6, 0.12, 0.1, 0.13],
-                 {_BUILDING: (5.0, 26.0), _WALL: (1.0, 2.6), _FENCE: (1.0, 2.0),
+                 {_BUILDING: (4.0, 20.0), _WALL: (1.0, 2.6), _FENCE: (1.0, 2.0),
                   _VEG: (1.5, 7.0)}),
             ):
                 row = self.frontage(0.0, self.z_end, probs, heights)
@@ -503,9 +504,10 @@ class _Scene:
         self.objects.append((z, draw))
 
     def depth(self, lo: float, hi: float) -> float:
-        """A depth in [lo, hi] (metres), never nearer than where the ground leaves the picture."""
+        """A depth in [lo, hi] (metres), more often near than far, and never nearer than where
+        the ground leaves the picture."""
         lo = max(lo, 1.15 * self.z_near)
-        return float(self.rng.uniform(lo, max(hi, lo + 1.0)))
+        return float(lo + (max(hi, lo + 1.0) - lo) * self.rng.uniform() ** 1.6)
 
     def place_objects(self) -> None:
         rng, pri = self.rng, self.style.priors
@@ -563,8 +565,7 @@ class _Scene:
             z = rng.uniform(0.0, 25.0)
             while z < self.z_end:
                 x = side * (edge + rng.uniform(0.3, 0.7))
-                r = rng.uniform()
-                kind = "light" if r < 0.22 else "sign" if r < 0.5 else "lamp" if r < 0.8 else "plain"
+                kind = str(rng.choice(["light", "sign", "lamp", "plain"], p=[0.22, 0.28, 0.3, 0.2]))
                 if z > 2.0:
                     self.add(z, lambda x=x, z=z, k=kind, s=side: self.pole(x, z, k, s))
                 z += rng.uniform(12.0, 35.0)
@@ -789,7 +790,7 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     """Separable Gaussian blur of an HxWx3 float image (edges reflected)."""
     if sigma < 0.2:
         return img
-    radius = max(1, int(ceil(2.5 * sigma)))
+    radius = max(1, ceil(2.5 * sigma))
     k = np.exp(-0.5 * (np.arange(-radius, radius + 1, dtype=np.float32) / sigma) ** 2)
     k /= k.sum()
     pad = np.pad(img, ((radius, radius), (0, 0), (0, 0)), mode="reflect")
@@ -816,7 +817,7 @@ def _finish(scene: _Scene) -> np.ndarray:
     if style.saturation != 1.0:
         grey = img.mean(axis=2, keepdims=True)
         img = grey + style.saturation * (img - grey)
-    img = _blur(img, rng.uniform(*style.blur_sigma))
+    img = _blur(img, rng.uniform(*style.blur_sigma) * c.w / 128.0)
     sigma = rng.uniform(*style.noise_sigma)
     if sigma > 0:
         img = img + sigma * rng.standard_normal(img.shape).astype(np.float32)

@@ -12,6 +12,7 @@ checkpoint has (VGG-16's new fc6/fc7 are reported missing but do not count again
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,22 @@ class LoadReport:
         )
 
 
+def _first_line(exc: Exception) -> str:
+    """The first non-empty line of an exception's message (torch's are many lines long)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _unpickling_detail(exc: Exception) -> str:
+    """The informative part of torch's weights-only error: the refused global, if any."""
+    text = str(exc)
+    for pattern in (r"Unsupported global: GLOBAL \S+", r"WeightsUnpickler error:\s*(\S[^\n]*)"):
+        found = re.search(pattern, text)
+        if found:
+            return found.group(found.lastindex or 0)
+    return _first_line(exc)
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a state dict with weights-only unpickling; ApodaError for anything else."""
     if not path.is_file():
@@ -58,13 +75,18 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        detail = _unpickling_detail(exc)
+        if "GLOBAL" in detail:
+            raise ApodaError(
+                f"pretrained weights {path}: the file contains code or objects that weights_only "
+                f"loading refuses ({detail}); only plain state dicts of tensors are accepted"
+            ) from exc
         raise ApodaError(
-            f"pretrained weights {path}: the file contains code or objects that weights_only "
-            f"loading refuses to unpickle; only plain state dicts of tensors are accepted ({exc})"
+            f"pretrained weights {path}: cannot be read as a weights-only torch file ({detail})"
         ) from exc
     except (OSError, RuntimeError, EOFError, ValueError) as exc:
         raise ApodaError(
-            f"pretrained weights {path}: cannot be read as a torch file ({exc})"
+            f"pretrained weights {path}: cannot be read as a torch file ({_first_line(exc)})"
         ) from exc
     if not isinstance(obj, Mapping) or not obj:
         raise ApodaError(

@@ -111,7 +111,8 @@ class Segmenter(nn.Module):
         return self.feature_extractor.frozen
 
     def freeze_feature_extractor(self) -> None:
-        """Fix G's parameters and keep G in eval mode for good (APODA steps 2-3)."""
+        """Fix G's parameters and keep G in eval mode for good (APODA steps 2-3). Not part of the
+        state dict: call it again on a rebuilt segmenter when resuming those steps."""
         self.feature_extractor.freeze()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

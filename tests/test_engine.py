@@ -1,0 +1,164 @@
+"""The training loop on a tiny MiniCity: run folder, resume, refusal to clobber, NaN guard."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from apoda.config import load_config
+from apoda.configs import resolve_config
+from apoda.engine.checkpoint import load_checkpoint, save_checkpoint
+from apoda.engine.trainer import Trainer
+from apoda.errors import ApodaError
+from apoda.methods import Method
+from conftest import TINY
+
+SOURCE_ONLY = resolve_config("minicity/source_only")
+
+
+def _config(*extra: str):  # type: ignore[no-untyped-def]
+    base = [*TINY, "train.iterations=6", "train.eval_every=3", "train.checkpoint_every=3"]
+    return load_config(SOURCE_ONLY, [*base, *extra])
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["modules"]["segmenter"]
+
+
+def test_run_folder_has_every_file_and_the_metrics_contract(tmp_path: Path) -> None:
+    run = tmp_path / "so"
+    metrics = Trainer(_config(), run).fit()
+    for name in ("config.yaml", "checkpoints/last.pt", "log.jsonl", "metrics.json", "report.md",
+                 "samples.npz", "stats/source.json"):
+        assert (run / name).exists(), name
+    assert any((run / "tb").iterdir())
+    saved = json.loads((run / "metrics.json").read_text())
+    for key in ("dataset", "split", "num_classes", "class_names", "miou", "per_class",
+                "tail_classes", "head_miou", "tail_miou", "iteration", "checkpoint"):
+        assert key in saved, key
+    assert saved["num_classes"] == 19 and len(saved["class_names"]) == 19
+    assert saved["iteration"] == 6 and saved["selection"] == "final"
+    assert saved["miou"] == pytest.approx(metrics["miou"])
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if r["kind"] == "eval"] == [3, 6]
+    train = [r for r in records if r["kind"] == "train"]
+    assert "loss/seg_source" in train[-1]["values"] and "lr/segmenter" in train[-1]["values"]
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["train"]["iterations"] == 6 and resolved["method"]["name"] == "source_only"
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    Trainer(_config(), tmp_path / "whole").fit()
+
+    original = Method.backward_step
+    calls = {"n": 0}
+
+    def dying(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # killed during iteration 5, after the checkpoint at 3
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Method, "backward_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_config(), tmp_path / "killed").fit()
+    assert load_checkpoint(tmp_path / "killed")["iteration"] == 3
+    monkeypatch.setattr(Method, "backward_step", original)
+    Trainer(_config(), tmp_path / "killed", resume=True).fit()
+
+    whole, resumed = _params(tmp_path / "whole"), _params(tmp_path / "killed")
+    for key, value in whole.items():
+        assert torch.equal(value, resumed[key]), key
+    log = [json.loads(x) for x in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
+    iterations = [r["iteration"] for r in log if r["kind"] == "train"]
+    assert iterations == sorted(iterations) and len(iterations) == len(set(iterations))
+
+
+def test_existing_run_folder_is_refused(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: x\n")
+    with pytest.raises(ApodaError, match="already exists; pass --resume"):
+        Trainer(_config(), run)
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    original = Method.seg_loss
+    calls = {"n": 0}
+
+    def poisoned(self, logits, labels, name=None):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        loss = original(self, logits, labels, name)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(Method, "seg_loss", poisoned)
+    run = tmp_path / "nan"
+    with pytest.raises(ApodaError, match=r"iteration 5: non-finite value in loss/seg_source"):
+        Trainer(_config(), run).fit()
+    state = load_checkpoint(run)
+    assert state["iteration"] == 3
+    assert all(torch.isfinite(v).all() for v in state["modules"]["segmenter"].values()
+               if v.is_floating_point())
+
+
+def test_nonfinite_skip_counts_the_skipped_step(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    original = Method.seg_loss
+    calls = {"n": 0}
+
+    def poisoned(self, logits, labels, name=None):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        loss = original(self, logits, labels, name)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(Method, "seg_loss", poisoned)
+    metrics = Trainer(_config("train.nonfinite=skip"), tmp_path / "skip").fit()
+    assert metrics["skipped_steps"] == 1
+
+
+def test_malicious_checkpoint_is_refused_without_running(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (Path.touch, (marker,))
+
+    bad = tmp_path / "bad.pt"
+    with open(bad, "wb") as fh:
+        pickle.dump({"modules": Payload()}, fh)
+    with pytest.raises(ApodaError, match="weights_only"):
+        load_checkpoint(bad)
+    assert not marker.exists()
+
+
+def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
+    path = tmp_path / "c" / "last.pt"
+    save_checkpoint({"modules": {}, "iteration": 1}, path)
+    save_checkpoint({"modules": {}, "iteration": 2}, path)
+    assert load_checkpoint(path)["iteration"] == 2
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+def test_apoda_from_step1_keeps_g_bit_identical(tmp_path: Path) -> None:
+    Trainer(_config(), tmp_path / "so").fit()
+    init = tmp_path / "so" / "checkpoints" / "last.pt"
+    cfg = load_config(
+        resolve_config("minicity/apoda"),
+        [*TINY, "train.iterations=3", "train.eval_every=0", f"model.init_from={init}"],
+    )
+    Trainer(cfg, tmp_path / "apoda").fit()
+    before, after = _params(init), _params(tmp_path / "apoda")
+    g_keys = [k for k in before if k.startswith("feature_extractor.")]
+    assert g_keys
+    for key in g_keys:
+        assert torch.equal(before[key], after[key]), key
+    f_keys = [k for k in before if k.startswith("classifier.") and before[k].is_floating_point()]
+    assert any(not torch.equal(before[k], after[k]) for k in f_keys)
+    values = [json.loads(x) for x in (tmp_path / "apoda" / "log.jsonl").read_text().splitlines()]
+    last = [r for r in values if r["kind"] == "train"][-1]["values"]
+    assert {"loss/seg_source_adv", "loss/cst", "loss/d", "attack/source/grad_seg/k2",
+            "attack/target/grad_adv/k0", "attack/source/l2/k2"} <= set(last)
