@@ -87,6 +87,7 @@ class MethodConfig:
 
     name: str = "source_only"
     seg_loss: str = "ce"
+    discriminator_width: int = 64
     lambda_adv: float = 0.001
     lambda_adv_aux: float = 0.0002
     lambda_seg_aux: float = 0.1

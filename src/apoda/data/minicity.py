@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +182,9 @@ def generate_minicity(out: Path, config: MiniCityConfig, progress: bool = False)
             _render_one(job)
             bar.update()
     else:
-        with get_context("spawn").Pool(workers) as pool:
+        # fork where the platform has it: no re-import of the caller's main module.
+        method = "fork" if "fork" in get_all_start_methods() else "spawn"
+        with get_context(method).Pool(workers) as pool:
             for _ in pool.imap_unordered(_render_one, jobs, chunksize=16):
                 bar.update()
     bar.close()

@@ -18,7 +18,8 @@ from apoda.data import ClassScheme, SegmentationDataset, build_dataset, get_sche
 from apoda.data.transforms import AugmentConfig
 from apoda.errors import ApodaError
 
-SOURCES = ("gta5", "synthia", "minicity")
+# "cityscapes" and "minicity_target" as a source train on target labels: the oracle.
+SOURCES = ("gta5", "synthia", "minicity", "cityscapes", "minicity_target")
 TARGETS = ("cityscapes", "minicity")
 
 
@@ -60,7 +61,8 @@ def build_run_data(config: Config, need_train: bool = True) -> RunData:
         raise ApodaError(f"data.source {data.source!r}: expected one of {', '.join(SOURCES)}")
     if data.target not in TARGETS:
         raise ApodaError(f"data.target {data.target!r}: expected one of {', '.join(TARGETS)}")
-    mini = minicity_root(data) if "minicity" in (data.source, data.target) else None
+    uses_minicity = data.target == "minicity" or data.source.startswith("minicity")
+    mini = minicity_root(data) if uses_minicity else None
     augment = None
     if data.flip or data.random_scale or data.crop or data.photometric:
         augment = AugmentConfig(
@@ -72,14 +74,14 @@ def build_run_data(config: Config, need_train: bool = True) -> RunData:
     common: dict[str, Any] = {"normalisation": data.normalisation, "seed": config.train.seed}
 
     def root_of(name: str, root: str | None, key: str) -> Path:
-        if name == "minicity":
+        if name.startswith("minicity"):
             assert mini is not None
-            return mini / ("source" if key == "source_root" else "target")
+            return mini / ("source" if name == "minicity" and key == "source_root" else "target")
         if root is None:
             raise ApodaError(f"data.{key} is not set: give the folder of the {name} dataset")
         return Path(root).expanduser()
 
-    src_name = "gta5" if data.source == "minicity" else data.source
+    src_name = {"minicity": "gta5", "minicity_target": "cityscapes"}.get(data.source, data.source)
     src_root = root_of(data.source, data.source_root, "source_root")
     tgt_root = root_of(data.target, data.target_root, "target_root")
     val = build_dataset(

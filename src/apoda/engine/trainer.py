@@ -22,7 +22,11 @@ from tqdm import tqdm
 
 from apoda.config import Config, config_to_dict, load_config, save_config
 from apoda.data import ClassScheme, SegmentationDataset
-from apoda.engine.checkpoint import load_checkpoint, load_module_state, save_checkpoint
+from apoda.engine.checkpoint import (
+    load_checkpoint,
+    load_module_state,
+    save_checkpoint,
+)
 from apoda.engine.data import CyclingLoader, RunData, build_run_data, source_stats
 from apoda.engine.distributed import barrier, init_distributed, sum_over_ranks
 from apoda.engine.run_log import RunLog

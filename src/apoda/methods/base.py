@@ -70,7 +70,8 @@ class Method(ABC):
 
     def discriminator(self) -> tuple[Discriminator, torch.optim.Optimizer]:
         """A fresh D on C-channel maps and its Adam optimiser (lr 1e-4, betas 0.9/0.99)."""
-        disc = Discriminator(self.segmenter.num_classes).to(self.device)
+        width = self.config.method.discriminator_width
+        disc = Discriminator(self.segmenter.num_classes, ndf=width).to(self.device)
         optim = self.config.optim
         opt = torch.optim.Adam(disc.parameters(), lr=optim.d_lr, betas=tuple(optim.d_betas))
         return disc, opt

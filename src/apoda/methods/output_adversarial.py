@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from apoda.errors import ApodaError
 from apoda.losses import domain_loss, entropy_loss, self_information
 from apoda.methods.base import Batch, Method, StepLog
 
@@ -20,6 +21,10 @@ class OutputAdversarial(Method):
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
+        if self.entropy and self.config.method.lambda_ent <= 0:
+            raise ApodaError(
+                f"method {self.name} needs method.lambda_ent > 0 (the field uses 0.001)"
+            )
         self.optimizers["segmenter"] = self.segmenter_optimizer()
         heads = ["main", "aux"] if self.config.model.multi_level else ["main"]
         if self.adversarial:

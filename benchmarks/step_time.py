@@ -1,0 +1,367 @@
+"""Measured cost of one training step of every method (issue 7).
+
+All methods run in one process, round-robin after a warm-up (source_only, asn, advent, apoda,
+source_only, ...), so background load on a shared machine falls on all of them alike. For each
+(method, backbone) it reports the median seconds per iteration, the FLOPs one `train_step`
+executes (forward and backward, counted by `torch.utils.flop_counter.FlopCounterMode`) and the
+peak memory: on the CPU the peak RSS of a fresh subprocess that builds the method alone and takes
+two steps (peak RSS is monotone within a process, so it cannot be split per method here); on
+CUDA the peak allocated GPU memory of the method's timed steps.
+
+    python benchmarks/step_time.py                          # both backbones, CPU
+    python benchmarks/step_time.py --backbones r101 --device cuda --amp \
+        --size 720x1280,512x1024 --out benchmarks/results/step_time_gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from apoda.config import Config, load_config
+from apoda.configs import resolve_config
+from apoda.errors import ApodaError
+from apoda.methods import Batch, Method, build_method
+from apoda.models import build_segmenter
+
+METHODS = ("source_only", "asn", "advent", "apoda")
+NUM_CLASSES = 19
+RESULTS = Path(__file__).resolve().parent / "results"
+
+Size = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One benchmark setting: backbone architecture, source and target (H, W), batch size."""
+
+    key: str
+    arch: str
+    source: Size
+    target: Size
+    batch: int
+
+    @property
+    def size_label(self) -> str:
+        """`B x HxW` (source and target at one size) or `B x HxW / HxW`."""
+        src = f"{self.source[0]}x{self.source[1]}"
+        if self.target == self.source:
+            return f"{self.batch} x {src}"
+        return f"{self.batch} x {src} / {self.target[0]}x{self.target[1]}"
+
+
+DEFAULTS = {
+    "small": Setting("small", "small", (64, 128), (64, 128), 16),  # MiniCity size and batch
+    "r101": Setting("r101", "resnet101", (256, 512), (256, 512), 1),  # CPU-feasible DeepLab-v2
+}
+
+
+def parse_sizes(text: str) -> tuple[Size, Size]:
+    """`HxW` (source = target) or `HxW,HxW` (source, target) -> ((H, W), (H, W))."""
+    parts = text.split(",")
+    try:
+        sizes = [tuple(int(v) for v in p.lower().split("x")) for p in parts]
+    except ValueError:
+        sizes = []
+    if len(parts) not in (1, 2) or any(len(s) != 2 or min(s) < 1 for s in sizes) or not sizes:
+        raise ApodaError(f"--size {text!r}: expected HxW or HxW,HxW (source,target), e.g. 256x512")
+    source = (sizes[0][0], sizes[0][1])
+    target = (sizes[-1][0], sizes[-1][1])
+    return source, target
+
+
+def method_config(name: str, amp: bool) -> Config:
+    """The MiniCity APODA config switched to `name`, with the brief's loss settings."""
+    overrides = [f"method.name={name}", f"train.amp={str(amp).lower()}", "train.nonfinite=skip"]
+    if name in ("asn", "advent"):
+        overrides.append("method.lambda_adv=0.001")
+    if name == "apoda":
+        overrides += ["method.seg_loss=lovasz", "method.attack.seg_objective=lovasz"]
+    else:
+        overrides.append("method.seg_loss=ce")
+    return load_config(resolve_config("minicity/apoda"), overrides)
+
+
+def build(name: str, setting: Setting, device: torch.device, amp: bool) -> Method:
+    """A fresh segmenter (random init, the architecture's default batch norm) and method."""
+    config = method_config(name, amp)
+    segmenter = build_segmenter(setting.arch, NUM_CLASSES).to(device)  # type: ignore[arg-type]
+    method = build_method(segmenter, config, device)
+    method.set_train_mode()
+    return method
+
+
+def batches(setting: Setting, device: torch.device, seed: int = 0) -> tuple[Batch, Batch]:
+    """Random source images with random labels, random target images with no labels."""
+    gen = torch.Generator().manual_seed(seed)
+    b, (hs, ws), (ht, wt) = setting.batch, setting.source, setting.target
+    source = {
+        "image": torch.randn(b, 3, hs, ws, generator=gen),
+        "label": torch.randint(0, NUM_CLASSES, (b, hs, ws), generator=gen),
+    }
+    target = {
+        "image": torch.randn(b, 3, ht, wt, generator=gen),
+        "label": torch.full((b, ht, wt), 255, dtype=torch.long),
+    }
+    return (
+        {k: v.to(device) for k, v in source.items()},
+        {k: v.to(device) for k, v in target.items()},
+    )
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so a wall-clock interval covers the whole step."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def proc_status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmHWM = peak RSS, VmRSS = current) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise ApodaError(f"/proc/self/status has no {field} field")
+
+
+def count_flops(method: Method, source: Batch, target: Batch, iteration: int) -> int:
+    """FLOPs of one `train_step` as executed (forward and backward; 2 FLOPs per MAC)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        method.train_step(source, target, iteration)
+    return int(counter.get_total_flops())
+
+
+def child_memory(name: str, setting: Setting, device: torch.device, amp: bool) -> dict[str, float]:
+    """Run in a fresh process: RSS after building the method, and peak RSS after two steps."""
+    method = build(name, setting, device, amp)
+    source, target = batches(setting, device)
+    built = proc_status_mb("VmHWM")
+    for i in range(2):
+        method.train_step(source, target, i)
+    return {"rss_built_mb": built, "peak_rss_mb": proc_status_mb("VmHWM")}
+
+
+def measure_memory_subprocess(name: str, setting: Setting, args: argparse.Namespace) -> dict:
+    """Peak RSS of one method alone, from a fresh interpreter running this script's child mode."""
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        name,
+        "--backbones",
+        setting.key,
+        "--size",
+        f"{setting.source[0]}x{setting.source[1]},{setting.target[0]}x{setting.target[1]}",
+        "--batch",
+        str(setting.batch),
+        "--threads",
+        str(args.threads),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ApodaError(f"memory subprocess for {name}/{setting.key} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def time_setting(setting: Setting, args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Round-robin timing of every method on one setting; FLOPs and memory per method."""
+    torch.manual_seed(0)
+    methods = {name: build(name, setting, device, args.amp) for name in args.methods}
+    source, target = batches(setting, device)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    peak_gpu: dict[str, float] = dict.fromkeys(methods, 0.0)
+    for it in range(args.warmup + args.iters):
+        for name, method in methods.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            sync(device)
+            start = time.perf_counter()
+            method.train_step(source, target, it)
+            sync(device)
+            elapsed = time.perf_counter() - start
+            if it >= args.warmup:
+                times[name].append(elapsed)
+                if device.type == "cuda":
+                    peak = torch.cuda.max_memory_allocated(device) / 2**20
+                    peak_gpu[name] = max(peak_gpu[name], peak)
+        print(
+            f"  [{setting.key}] iteration {it + 1}/{args.warmup + args.iters}: "
+            + ", ".join(f"{n} {times[n][-1] if times[n] else float('nan'):.3f}s" for n in methods),
+            flush=True,
+        )
+    rows = []
+    for name, method in methods.items():
+        flops = count_flops(method, source, target, args.warmup + args.iters)
+        median = statistics.median(times[name])
+        row: dict[str, Any] = {
+            "method": name,
+            "backbone": setting.key,
+            "arch": setting.arch,
+            "size": setting.size_label,
+            "seg_loss": method.config.method.seg_loss,
+            "discriminator_width": method.config.method.discriminator_width,
+            "sec_per_iter_median": round(median, 4),
+            "sec_per_iter_min": round(min(times[name]), 4),
+            "sec_per_iter_max": round(max(times[name]), 4),
+            "iters_per_sec": round(1.0 / median, 3),
+            "gflop_per_iter": round(flops / 1e9, 2),
+            "skipped_steps": method.skipped_steps,
+        }
+        if device.type == "cuda":
+            row["peak_gpu_mb"] = round(peak_gpu[name], 1)
+        rows.append(row)
+    del methods
+    if device.type == "cpu" and not args.no_memory:
+        for row in rows:
+            mem = measure_memory_subprocess(row["method"], setting, args)
+            row["peak_rss_mb"] = round(mem["peak_rss_mb"], 1)
+            row["rss_step_increase_mb"] = round(mem["peak_rss_mb"] - mem["rss_built_mb"], 1)
+    return rows
+
+
+def ratios(rows: list[dict], key: str) -> dict[str, dict[str, float]]:
+    """APODA's `key` over each baseline's, per backbone."""
+    table = {(r["method"], r["backbone"]): r[key] for r in rows}
+    out: dict[str, dict[str, float]] = {}
+    for base in ("asn", "advent", "source_only"):
+        per = {
+            bb: round(table[("apoda", bb)] / table[(base, bb)], 3)
+            for (m, bb) in table
+            if m == "apoda" and (base, bb) in table and table[(base, bb)] > 0
+        }
+        if per:
+            out[f"apoda_over_{base}"] = per
+    return out
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """What ran the benchmark: CPU model, cores, threads, load, torch, GPU name."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def print_table(rows: list[dict]) -> None:
+    """A Markdown table of the rows."""
+    mem_key = "peak_gpu_mb" if any("peak_gpu_mb" in r for r in rows) else "peak_rss_mb"
+    head = ["method", "backbone", "size", "s/iter (median)", "min-max", "GFLOP/iter", mem_key]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        cells = [
+            r["method"],
+            r["backbone"],
+            r["size"],
+            f"{r['sec_per_iter_median']:.3f}",
+            f"{r['sec_per_iter_min']:.3f}-{r['sec_per_iter_max']:.3f}",
+            f"{r['gflop_per_iter']:.1f}",
+            str(r.get(mem_key, "-")),
+        ]
+        print("| " + " | ".join(cells) + " |")
+
+
+def settings_from(args: argparse.Namespace) -> list[Setting]:
+    """The DEFAULTS for the chosen backbones, with --size / --batch applied."""
+    chosen = []
+    for key in args.backbones:
+        if key not in DEFAULTS:
+            raise ApodaError(f"--backbones {key!r}: expected one of {', '.join(DEFAULTS)}")
+        s = DEFAULTS[key]
+        source, target = parse_sizes(args.size) if args.size else (s.source, s.target)
+        chosen.append(Setting(key, s.arch, source, target, args.batch or s.batch))
+    return chosen
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--iters", type=int, default=5, help="timed iterations per method")
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations per method first")
+    p.add_argument("--backbones", nargs="+", default=["small", "r101"], help="small and/or r101")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--size", help="HxW or HxW,HxW (source,target) for every chosen backbone")
+    p.add_argument("--batch", type=int, help="batch size for every chosen backbone")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (train.amp; CUDA only)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-method RSS subprocesses")
+    p.add_argument("--out", default=str(RESULTS / "step_time.json"), help="JSON output")
+    p.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.iters < 1 or args.warmup < 0:
+        p.error("--iters must be >= 1 and --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or, with the hidden --child, one memory measurement)."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ApodaError("--device cuda: no CUDA device is available")
+    settings = settings_from(args)
+    if args.child:
+        print(json.dumps(child_memory(args.child, settings[0], device, args.amp)))
+        return 0
+    started = machine(device)
+    rows = []
+    for setting in settings:
+        print(f"{setting.key}: {setting.size_label}, methods {', '.join(args.methods)}", flush=True)
+        rows += time_setting(setting, args, device)
+    result = {
+        "rows": rows,
+        "ratios": ratios(rows, "sec_per_iter_median"),
+        "flop_ratios": ratios(rows, "gflop_per_iter"),
+        "machine": {**started, "load_average_at_end": [round(v, 2) for v in os.getloadavg()]},
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "settings": {
+            "iters": args.iters,
+            "warmup": args.warmup,
+            "amp": args.amp and device.type == "cuda",
+            "attack": "i_fgspm, K=3",
+            "order": "round-robin over methods in one process",
+        },
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print()
+    print_table(rows)
+    print("\nratios of median s/iter:", json.dumps(result["ratios"]))
+    print("ratios of FLOPs:", json.dumps(result["flop_ratios"]))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

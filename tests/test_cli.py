@@ -1,0 +1,114 @@
+"""The `apoda` command line as a user meets it: output, files written, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY
+from PIL import Image
+
+from apoda.cli import COMMANDS, main
+
+
+@pytest.mark.slow
+def test_fast_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--fast", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "| class | source only | APODA attack off | APODA | APODA - APODA attack off |" in printed
+    )
+    for row in ("| road |", "| head mean |", "| tail mean (*) |", "| mIoU |"):
+        assert row in printed
+    assert "*" in printed.split("| class |")[1]  # tail classes are marked
+    for run in ("source_only", "apoda_none", "apoda"):
+        metrics = json.loads((out / run / "metrics.json").read_text())
+        assert metrics["num_classes"] == 19 and metrics["split"] == "val"
+        assert (out / run / "checkpoints" / "last.pt").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["runs"]) == {"source_only", "apoda_none", "apoda"}
+    report = (out / "report.md").read_text()
+    for picture in ("per_class_iou.png", "qualitative.png", "gradient_intensity.png", "curves.png"):
+        assert picture in report
+        assert (out / picture).stat().st_size > 5000
+    # APODA starts from the step-1 checkpoint
+    cfg = (out / "apoda" / "config.yaml").read_text()
+    assert str(out / "source_only" / "checkpoints" / "last.pt") in cfg
+    # a second call reuses the finished runs instead of training again
+    assert main(["demo", "--fast", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("reusing finished run") == 3
+
+
+def test_bad_config_key_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["train", "minicity/source_only", "train.iterationz=3", "--out", str(tmp_path / "r")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "unknown config key train.iterationz" in err and "iterations" in err
+
+
+def test_wrong_type_and_unknown_config_are_named(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "minicity/source_only", "train.iterations=many"]) == 2
+    assert "train.iterations: expected int, got 'many'" in capsys.readouterr().err
+    assert main(["train", "no/such/config"]) == 2
+    assert "minicity/apoda" in capsys.readouterr().err  # lists the built-in configs
+
+
+def test_every_command_has_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in COMMANDS:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "example: apoda" in capsys.readouterr().out, command
+
+
+def test_train_eval_predict_report_and_stats(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    args = ["train", "minicity/source_only", *TINY, "train.iterations=4", "train.eval_every=0"]
+    assert main([*args, "--out", str(run)]) == 0
+    assert "| mIoU |" in capsys.readouterr().out
+    assert main([*args, "--out", str(run)]) == 2  # the folder exists
+    assert "--resume" in capsys.readouterr().err
+
+    eval_out = tmp_path / "eval"
+    assert main(["eval", str(run), "--data", "minicity", "--out", str(eval_out)]) == 0
+    assert "| road |" in capsys.readouterr().out
+    metrics = json.loads((eval_out / "metrics.json").read_text())
+    assert metrics["miou"] == pytest.approx(json.loads((run / "metrics.json").read_text())["miou"])
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.fromarray(np.full((40, 80, 3), 120, np.uint8)).save(frames / "a.png")
+    assert main(["predict", str(run), str(frames), "--out", str(tmp_path / "pred")]) == 0
+    for name in ("a_labels.png", "a_overlay.png"):
+        assert Image.open(tmp_path / "pred" / name).size == (80, 40)
+
+    assert main(["report", str(run), str(run), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "report.md").is_file()
+
+    stats = tmp_path / "stats.json"
+    assert (
+        main(
+            ["data", "stats", "minicity", "--out", str(stats), "--plot", str(tmp_path / "dist.png")]
+        )
+        == 0
+    )
+    data = json.loads(stats.read_text())
+    assert sum(data["pixel_fraction"].values()) == pytest.approx(1.0)
+    assert (tmp_path / "dist.png").stat().st_size > 5000
+
+
+def test_eval_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", str(tmp_path / "missing.pt"), "--data", "minicity"]) == 2
+    assert "missing.pt does not exist" in capsys.readouterr().err
+    assert main(["data", "stats", "gta5", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere does not exist" in capsys.readouterr().err
