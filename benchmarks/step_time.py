@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -136,9 +136,27 @@ def proc_status_mb(field: str) -> float:
     raise ApodaError(f"/proc/self/status has no {field} field")
 
 
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's module tracker: every FLOP is attributed to "Global".
+
+    The tracker's backward hooks make `torch.autograd.grad` with respect to a leaf tensor fail
+    ("A leaf node was passed to _will_engine_execute_node"), which is exactly how the attack
+    takes its gradients, so the per-module split is given up for the total.
+    """
+
+    parents: ClassVar[set[str]] = {"Global"}
+
+    def __enter__(self) -> _GlobalOnly:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 def count_flops(method: Method, source: Batch, target: Batch, iteration: int) -> int:
     """FLOPs of one `train_step` as executed (forward and backward; 2 FLOPs per MAC)."""
     counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _GlobalOnly()  # type: ignore[assignment]
     with counter:
         method.train_step(source, target, iteration)
     return int(counter.get_total_flops())

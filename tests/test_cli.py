@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY
 from PIL import Image
 
 from apoda.cli import COMMANDS, main
+from conftest import TINY
 
 
 @pytest.mark.slow

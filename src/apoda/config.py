@@ -166,6 +166,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str and isinstance(value, str):
         return value
     raise ApodaError(f"{where}: expected {_type_name(tp)}, got {value!r}")

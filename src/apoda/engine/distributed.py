@@ -6,7 +6,7 @@ methods can call their modules' own methods (features, classify) without a wrapp
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -48,6 +48,35 @@ def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(tensor)
     return tensor
+
+
+def mean_over_ranks(values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Average logged scalars over ranks in one all-reduce (collective; same keys on every rank).
+
+    A loss that is a mean over the same number of elements on every rank then logs the value
+    the 1-process run with the same global batch logs, instead of rank 0's share of it."""
+    if not is_distributed() or not values:
+        return dict(values)
+    keys = sorted(values)
+    flat = torch.stack([values[k].detach().reshape(()).double() for k in keys])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    return {k: flat[i].to(values[k].dtype) for i, k in enumerate(keys)}
+
+
+def global_mean_denominator(local_count: torch.Tensor) -> torch.Tensor:
+    """The divisor that turns a per-rank sum into this rank's share of the global mean.
+
+    A loss averaged over a varying number of elements per rank (labelled pixels, with 255
+    ignored) must be `local_sum / (global_count / world)`: the gradient average over ranks is
+    then the gradient of the 1-process mean. Collective: every rank must call it. The global
+    count is clamped to 1, so an all-ignored global batch gives a zero loss, not 0 / 0."""
+    count = local_count.detach().double().clone()
+    world = 1
+    if is_distributed():
+        dist.all_reduce(count)
+        world = dist.get_world_size()
+    return (count.clamp_min(1.0) / world).float()
 
 
 def barrier() -> None:

@@ -1,0 +1,290 @@
+"""`apoda suite`: the paper's tables as runs with matched controls, over seeds.
+
+Every row of a suite starts from the same step-1 (source-only) checkpoint of its seed and trains
+for the same number of iterations, so that a difference between rows is the one ingredient that
+the rows switch, not extra training: "source only (matched)" continues step 1 for as long as the
+adapted rows train. Rows marked `ours` go beyond the paper and are labelled so in every table.
+A finished row (its metrics.json exists) is not trained again: suites resume."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import math
+import shlex
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apoda.config import load_config
+from apoda.configs import resolve_config
+from apoda.engine.trainer import Trainer
+from apoda.errors import ApodaError
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a suite: a built-in config (within the data family) and its overrides."""
+
+    key: str
+    label: str
+    config: str
+    overrides: tuple[str, ...] = ()
+    init: str | None = "step1"
+    ours: bool = False
+
+
+STEP1 = Row("step1", "source only (step 1)", "source_only", init=None)
+MATCHED = Row("source_only", "source only (matched)", "source_only_continue")
+APODA = Row("apoda", "APODA", "apoda")
+APODA_OFF = Row("apoda_none", "APODA, attack off", "apoda", ("method.attack.name=none",))
+
+SUITES: dict[str, tuple[Row, ...]] = {
+    "table1": (
+        STEP1,
+        MATCHED,
+        Row("asn", "ASN", "asn"),
+        Row("advent", "AdvEnt", "advent"),
+        Row("asn_wce", "ASN + weighted CE", "asn", ("method.seg_loss=wce",)),
+        Row("asn_lovasz", "ASN + Lovász", "asn", ("method.seg_loss=lovasz",)),
+        APODA_OFF,
+        APODA,
+    ),
+    "table3": (
+        STEP1,
+        MATCHED,
+        APODA_OFF,
+        Row("i_fgsm", "I-FGSM", "apoda", ("method.attack.name=i_fgsm",)),
+        Row("fgspm", "FGSPM", "apoda", ("method.attack.name=fgspm",)),
+        Row("mi_fgspm", "MI-FGSPM", "apoda", ("method.attack.name=mi_fgspm",)),
+        APODA,
+        Row(
+            "i_fgspm_relative",
+            "I-FGSPM, eps relative to feature std",
+            "apoda",
+            ("method.attack.eps_mode=relative",),
+            ours=True,
+        ),
+    ),
+    "table4": (
+        STEP1,
+        MATCHED,
+        *(
+            Row(f"cut_{cut}", f"perturb at {cut}", "apoda", (f"model.cut={cut}",))
+            for cut in ("pixel", "layer1", "layer2", "layer3")
+        ),
+        Row("cut_layer4", "perturb at layer4 (paper)", "apoda"),
+    ),
+    "table5": (
+        STEP1,
+        MATCHED,
+        Row("s_lovasz", "S + Lovász", "source_only_continue", ("method.seg_loss=ce+lovasz",)),
+        Row("s_ent", "S + entropy", "source_only_continue", ("method.lambda_ent=0.001",)),
+        Row(
+            "s_lovasz_ent",
+            "S + Lovász + entropy",
+            "source_only_continue",
+            ("method.seg_loss=ce+lovasz", "method.lambda_ent=0.001"),
+        ),
+        Row(
+            "s_pert",
+            "S + perturbation",
+            "apoda",
+            ("method.seg_loss=ce", "method.alpha_ent=0", "method.alpha_ent_adv=0"),
+        ),
+        Row(
+            "s_pert_lovasz",
+            "S + perturbation + Lovász",
+            "apoda",
+            ("method.seg_loss=lovasz", "method.alpha_ent=0", "method.alpha_ent_adv=0"),
+        ),
+        Row(
+            "s_pert_ent",
+            "S + perturbation + entropy (CE as L_seg in Eq. 9)",
+            "apoda",
+            ("method.seg_loss=ce",),
+            ours=True,
+        ),
+        Row(
+            "s_pert_lovasz_ent",
+            "S + perturbation + Lovász + entropy",
+            "apoda",
+            ("method.seg_loss=lovasz",),
+        ),
+        Row("asn", "ASN", "asn"),
+        Row(
+            "asn_lovasz_ent",
+            "ASN + Lovász + entropy",
+            "asn",
+            ("method.seg_loss=ce+lovasz", "method.lambda_ent=0.001"),
+        ),
+        Row("asn_pert", "ASN + perturbation (APODA from ASN)", "apoda", init="asn"),
+    ),
+}
+
+FAMILIES = {
+    "minicity": "minicity",
+    "gta5": "gta5_to_cityscapes",
+    "synthia": "synthia_to_cityscapes",
+}
+
+
+@dataclass
+class SuiteResult:
+    """Per row and seed, the metrics of the run."""
+
+    name: str
+    rows: tuple[Row, ...]
+    metrics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def _run_dir(out: Path, row: Row, seed: int) -> Path:
+    return out / f"seed{seed}" / row.key
+
+
+def _train_row(row: Row, family: str, out: Path, seed: int, extra: Sequence[str]) -> dict[str, Any]:
+    run_dir = _run_dir(out, row, seed)
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.is_file():
+        print(f"[{row.key} seed {seed}] finished before; not trained again")
+        return json.loads(metrics_file.read_text())
+    overrides = [f"train.seed={seed}", f"name={row.key}-seed{seed}", *row.overrides, *extra]
+    if row.init is not None:
+        init = _run_dir(out, Row(row.init, "", ""), seed) / "checkpoints" / "last.pt"
+        overrides.append(f"model.init_from={init}")
+    config = load_config(resolve_config(f"{family}/{row.config}"), overrides)
+    print(f"[{row.key} seed {seed}] training {config.method.name} -> {run_dir}")
+    return Trainer(config, run_dir, resume=run_dir.is_dir()).fit()
+
+
+def _order(rows: Sequence[Row]) -> list[Row]:
+    """Rows whose init row comes first (step 1, then ASN before APODA-from-ASN)."""
+    done: set[str] = set()
+    ordered: list[Row] = []
+    pending = list(rows)
+    while pending:
+        ready = [r for r in pending if r.init is None or r.init in done]
+        if not ready:
+            raise ApodaError(f"suite rows wait on rows that are not in the suite: {pending}")
+        for r in ready:
+            ordered.append(r)
+            done.add(r.key)
+            pending.remove(r)
+    return ordered
+
+
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    if not finite:
+        return None, None
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def _cell(mean: float | None, std: float | None, seeds: int) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.1f} ± {std:.1f}" if seeds > 1 else f"{mean:.1f}"
+
+
+def summarise(result: SuiteResult) -> dict[str, Any]:
+    """Mean and std over seeds of every class IoU, mIoU, head and tail mean, per row."""
+    first = next(iter(result.metrics.values()))[0]
+    classes = first["class_names"]
+    summary: dict[str, Any] = {}
+    for row in result.rows:
+        runs = result.metrics[row.key]
+        entry: dict[str, Any] = {"label": row.label, "ours": row.ours, "seeds": len(runs)}
+        for key in ("miou", "head_miou", "tail_miou"):
+            entry[key] = _mean_std([m.get(key) for m in runs])
+        entry["per_class"] = {c: _mean_std([m["per_class"].get(c) for m in runs]) for c in classes}
+        summary[row.key] = entry
+    return {"class_names": classes, "tail_classes": first["tail_classes"], "rows": summary}
+
+
+def write_tables(result: SuiteResult, out: Path, argv: Sequence[str]) -> Path:
+    """table.md, table.csv and suite.json for a finished suite."""
+    summary = summarise(result)
+    classes, tail = summary["class_names"], set(summary["tail_classes"])
+    seeds = max(e["seeds"] for e in summary["rows"].values())
+    header = ["method", *[f"**{c}**" if c in tail else c for c in classes], "mIoU", "head", "tail"]
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = shlex.join(argv)
+    lines = [
+        f"# {result.name} ({seeds} seed{'s' if seeds > 1 else ''}: mean ± std of target-val IoU %)",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {date}. Tail classes (< 1 % of source pixels) in **bold**. Rows marked "
+        "(ours) go beyond the paper.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---" + "|---:" * (len(header) - 1) + "|",
+    ]
+    csv_rows = [["method", "ours", *classes, "mIoU", "head", "tail", "seeds"]]
+    for key, entry in summary["rows"].items():
+        label = entry["label"] + (" (ours)" if entry["ours"] else "")
+        cells = [_cell(*entry["per_class"][c], seeds) for c in classes]
+        cells += [_cell(*entry[k], seeds) for k in ("miou", "head_miou", "tail_miou")]
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+        means = [entry["per_class"][c][0] for c in classes] + [
+            entry[k][0] for k in ("miou", "head_miou", "tail_miou")
+        ]
+        csv_rows.append(
+            [
+                key,
+                str(entry["ours"]),
+                *["" if m is None else f"{m:.2f}" for m in means],
+                str(entry["seeds"]),
+            ]
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    with open(out / "table.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(csv_rows)
+    payload = {
+        "suite": result.name,
+        "command": command,
+        "date": date,
+        "summary": summary,
+        "runs": result.metrics,
+    }
+    (out / "suite.json").write_text(json.dumps(payload, indent=1))
+    return out / "table.md"
+
+
+def run_suite(
+    name: str,
+    out: Path,
+    seeds: int = 1,
+    data: str = "minicity",
+    fast: bool = False,
+    overrides: Sequence[str] = (),
+    argv: Sequence[str] = (),
+    rows: Sequence[Row] | None = None,
+) -> SuiteResult:
+    """Train (or reuse) every row for every seed, then write the tables."""
+    if rows is None:
+        if name not in SUITES:
+            raise ApodaError(f"unknown suite {name!r}; expected one of {', '.join(SUITES)}")
+        rows = SUITES[name]
+    if data not in FAMILIES:
+        raise ApodaError(f"--data {data!r}: expected one of {', '.join(FAMILIES)}")
+    if seeds < 1:
+        raise ApodaError(f"--seeds must be at least 1, got {seeds}")
+    extra = [*(_fast_overrides() if fast else []), *overrides]
+    result = SuiteResult(name, tuple(rows))
+    for seed in range(seeds):
+        for row in _order(rows):
+            metrics = _train_row(row, FAMILIES[data], out, seed, extra)
+            result.metrics.setdefault(row.key, []).append(metrics)
+    table = write_tables(result, out, argv)
+    print(table.read_text())
+    return result
+
+
+def _fast_overrides() -> list[str]:
+    from apoda.demo import FAST_OVERRIDES
+
+    return [*FAST_OVERRIDES, "train.iterations=10"]

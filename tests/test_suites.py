@@ -1,0 +1,55 @@
+"""Suites: rows share step 1, tables carry mean ± std over seeds, re-runs train nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from apoda.engine import trainer
+from apoda.errors import ApodaError
+from apoda.suites import MATCHED, STEP1, SUITES, Row, run_suite
+from conftest import TINY
+
+TWO_ROWS = (STEP1, MATCHED, Row("asn", "ASN", "asn"))
+
+
+@pytest.mark.slow
+def test_two_seed_suite_writes_mean_std_and_resumes(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "suite"
+    extra = [*TINY, "train.iterations=2", "train.eval_every=0"]
+    run_suite("tiny", out, seeds=2, overrides=extra, argv=["apoda", "suite", "tiny"], rows=TWO_ROWS)
+    table = (out / "table.md").read_text()
+    assert "apoda suite tiny" in table and "±" in table
+    for label in ("source only (step 1)", "source only (matched)", "| ASN |"):
+        assert label in table
+    suite = json.loads((out / "suite.json").read_text())
+    assert suite["summary"]["rows"]["asn"]["seeds"] == 2
+    assert len(suite["runs"]["asn"]) == 2
+    csv_lines = (out / "table.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("method,ours,road") and len(csv_lines) == 4
+    # the ASN row started from its seed's step-1 checkpoint
+    cfg = (out / "seed1" / "asn" / "config.yaml").read_text()
+    assert str(out / "seed1" / "step1" / "checkpoints" / "last.pt") in cfg
+
+    calls = []
+    monkeypatch.setattr(trainer.Trainer, "fit", lambda self: calls.append(self) or {})
+    run_suite("tiny", out, seeds=2, overrides=extra, rows=TWO_ROWS)
+    assert calls == []  # every row was finished: nothing trained again
+
+
+def test_suite_definitions_carry_matched_controls() -> None:
+    for name, rows in SUITES.items():
+        keys = {r.key for r in rows}
+        assert {"step1", "source_only"} <= keys, name
+        assert all(r.init is None or r.init in keys for r in rows), name
+    assert {"apoda_none", "apoda"} <= {r.key for r in SUITES["table3"]}
+    assert any(r.ours for r in SUITES["table3"])
+
+
+def test_bad_suite_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ApodaError, match="unknown suite 'table9'"):
+        run_suite("table9", tmp_path)
+    with pytest.raises(ApodaError, match="--data 'kitti'"):
+        run_suite("table1", tmp_path, data="kitti")
