@@ -33,13 +33,31 @@ def _params(path: Path) -> dict[str, torch.Tensor]:
 def test_run_folder_has_every_file_and_the_metrics_contract(tmp_path: Path) -> None:
     run = tmp_path / "so"
     metrics = Trainer(_config(), run).fit()
-    for name in ("config.yaml", "checkpoints/last.pt", "log.jsonl", "metrics.json", "report.md",
-                 "samples.npz", "stats/source.json"):
+    for name in (
+        "config.yaml",
+        "checkpoints/last.pt",
+        "log.jsonl",
+        "metrics.json",
+        "report.md",
+        "samples.npz",
+        "stats/source.json",
+    ):
         assert (run / name).exists(), name
     assert any((run / "tb").iterdir())
     saved = json.loads((run / "metrics.json").read_text())
-    for key in ("dataset", "split", "num_classes", "class_names", "miou", "per_class",
-                "tail_classes", "head_miou", "tail_miou", "iteration", "checkpoint"):
+    for key in (
+        "dataset",
+        "split",
+        "num_classes",
+        "class_names",
+        "miou",
+        "per_class",
+        "tail_classes",
+        "head_miou",
+        "tail_miou",
+        "iteration",
+        "checkpoint",
+    ):
         assert key in saved, key
     assert saved["num_classes"] == 19 and len(saved["class_names"]) == 19
     assert saved["iteration"] == 6 and saved["selection"] == "final"
@@ -102,8 +120,11 @@ def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path: Path, monk
         Trainer(_config(), run).fit()
     state = load_checkpoint(run)
     assert state["iteration"] == 3
-    assert all(torch.isfinite(v).all() for v in state["modules"]["segmenter"].values()
-               if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all()
+        for v in state["modules"]["segmenter"].values()
+        if v.is_floating_point()
+    )
 
 
 def test_nonfinite_skip_counts_the_skipped_step(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -160,5 +181,26 @@ def test_apoda_from_step1_keeps_g_bit_identical(tmp_path: Path) -> None:
     assert any(not torch.equal(before[k], after[k]) for k in f_keys)
     values = [json.loads(x) for x in (tmp_path / "apoda" / "log.jsonl").read_text().splitlines()]
     last = [r for r in values if r["kind"] == "train"][-1]["values"]
-    assert {"loss/seg_source_adv", "loss/cst", "loss/d", "attack/source/grad_seg/k2",
-            "attack/target/grad_adv/k0", "attack/source/l2/k2"} <= set(last)
+    assert {
+        "loss/seg_source_adv",
+        "loss/cst",
+        "loss/d",
+        "attack/source/grad_seg/k2",
+        "attack/target/grad_adv/k0",
+        "attack/source/l2/k2",
+    } <= set(last)
+
+
+def test_checkpoint_of_another_class_count_is_refused(tmp_path: Path) -> None:
+    Trainer(_config("train.iterations=1", "train.eval_every=0"), tmp_path / "so").fit()
+    init = tmp_path / "so" / "checkpoints" / "last.pt"
+    cfg = _config(f"model.init_from={init}", "data.scheme=synthia16")
+    with pytest.raises(ApodaError, match=r"last\.pt: its segmenter does not fit this model"):
+        Trainer(cfg, tmp_path / "other").fit()
+
+
+def test_unwritable_output_folder_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    with pytest.raises(ApodaError, match=r"file\.txt/run cannot be written"):
+        Trainer(_config(), blocker / "run")

@@ -23,15 +23,17 @@ from apoda.data.minicity import (
 from apoda.data.minicity_draw import REAL, SYNTHETIC, render_scene
 from apoda.errors import ApodaError
 
-SMALL = MiniCityConfig(seed=3, n_source=6, n_target_train=6, n_target_val=4, n_randomised=2,
-                       height=32, width=64)
+SMALL = MiniCityConfig(
+    seed=3, n_source=6, n_target_train=6, n_target_val=4, n_randomised=2, height=32, width=64
+)
 CLASS_IDS = {lab.name: lab.id for lab in id2label.values() if 0 <= lab.trainId < 19}
 EGO_ID = name2label["ego vehicle"].id
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def _indices(path: Path) -> np.ndarray:
@@ -81,7 +83,7 @@ def test_source_is_in_gta5_layout_with_palette_labels(small: Path) -> None:
     assert palette is not None
     for name in ("road", "car", "sky"):
         i = name2label[name].id
-        assert tuple(palette[3 * i:3 * i + 3]) == name2label[name].color
+        assert tuple(palette[3 * i : 3 * i + 3]) == name2label[name].color
     for p in sorted((small / "source/labels").iterdir()):
         assert set(np.unique(_indices(p)).tolist()) <= set(CLASS_IDS.values())
 
@@ -96,8 +98,13 @@ def test_target_is_in_cityscapes_layout_with_id_labels(small: Path) -> None:
             assert match is not None and match.group(1) == image_path.parent.name
             assert image_path.parent.name in TARGET_CITIES[split]
             stem = image_path.name.removesuffix("_leftImg8bit.png")
-            label_path = (small / "target/gtFine" / split / image_path.parent.name
-                          / f"{stem}_gtFine_labelIds.png")
+            label_path = (
+                small
+                / "target/gtFine"
+                / split
+                / image_path.parent.name
+                / f"{stem}_gtFine_labelIds.png"
+            )
             label = Image.open(label_path)
             assert label.mode == "L" and label.size == Image.open(image_path).size == (64, 32)
             assert set(np.unique(_indices(label_path)).tolist()) <= {*CLASS_IDS.values(), EGO_ID}
@@ -108,7 +115,8 @@ def test_target_is_in_cityscapes_layout_with_id_labels(small: Path) -> None:
 
 
 def test_ensure_regenerates_only_when_marker_missing_or_stale(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[MiniCityConfig] = []
     real_generate = minicity.generate_minicity
 
@@ -182,10 +190,13 @@ def test_target_looks_different_from_source(large: Path) -> None:
         change = np.abs(np.diff(imgs, axis=2)).sum(axis=3)[same]
         return imgs.mean(axis=(0, 1, 2)), float(saturation), float(change.mean())
 
-    src_mean, src_sat, src_hf = stats(sorted((large / "source/images").iterdir()),
-                                      sorted((large / "source/labels").iterdir()))
-    tgt_mean, tgt_sat, tgt_hf = stats(sorted((large / "target/leftImg8bit/train").glob("*/*")),
-                                      sorted((large / "target/gtFine/train").glob("*/*")))
+    src_mean, src_sat, src_hf = stats(
+        sorted((large / "source/images").iterdir()), sorted((large / "source/labels").iterdir())
+    )
+    tgt_mean, tgt_sat, tgt_hf = stats(
+        sorted((large / "target/leftImg8bit/train").glob("*/*")),
+        sorted((large / "target/gtFine/train").glob("*/*")),
+    )
     assert np.abs(src_mean - tgt_mean).max() > 10.0
     assert tgt_sat < 0.8 * src_sat
     assert tgt_hf > 2.0 * src_hf
