@@ -6,7 +6,8 @@ source_only, ...), so background load on a shared machine falls on all of them a
 executes (forward and backward, counted by `torch.utils.flop_counter.FlopCounterMode`) and the
 peak memory: on the CPU the peak RSS of a fresh subprocess that builds the method alone and takes
 two steps (peak RSS is monotone within a process, so it cannot be split per method here); on
-CUDA the peak allocated GPU memory of the method's timed steps.
+CUDA the peak allocated GPU memory of the method's timed steps. Beside the wall time it records
+the process CPU time per step (all threads), which a busy shared machine disturbs less.
 
     python benchmarks/step_time.py                          # both backbones, CPU
     python benchmarks/step_time.py --backbones r101 --device cuda --amp \
@@ -200,18 +201,20 @@ def time_setting(setting: Setting, args: argparse.Namespace, device: torch.devic
     methods = {name: build(name, setting, device, args.amp) for name in args.methods}
     source, target = batches(setting, device)
     times: dict[str, list[float]] = {name: [] for name in methods}
+    cpu_times: dict[str, list[float]] = {name: [] for name in methods}
     peak_gpu: dict[str, float] = dict.fromkeys(methods, 0.0)
     for it in range(args.warmup + args.iters):
         for name, method in methods.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             sync(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             method.train_step(source, target, it)
             sync(device)
             elapsed = time.perf_counter() - start
             if it >= args.warmup:
                 times[name].append(elapsed)
+                cpu_times[name].append(time.process_time() - cpu_start)
                 if device.type == "cuda":
                     peak = torch.cuda.max_memory_allocated(device) / 2**20
                     peak_gpu[name] = max(peak_gpu[name], peak)
@@ -235,6 +238,7 @@ def time_setting(setting: Setting, args: argparse.Namespace, device: torch.devic
             "sec_per_iter_min": round(min(times[name]), 4),
             "sec_per_iter_max": round(max(times[name]), 4),
             "iters_per_sec": round(1.0 / median, 3),
+            "cpu_sec_per_iter_median": round(statistics.median(cpu_times[name]), 4),
             "gflop_per_iter": round(flops / 1e9, 2),
             "skipped_steps": method.skipped_steps,
         }
@@ -291,7 +295,8 @@ def machine(device: torch.device) -> dict[str, Any]:
 def print_table(rows: list[dict]) -> None:
     """A Markdown table of the rows."""
     mem_key = "peak_gpu_mb" if any("peak_gpu_mb" in r for r in rows) else "peak_rss_mb"
-    head = ["method", "backbone", "size", "s/iter (median)", "min-max", "GFLOP/iter", mem_key]
+    head = ["method", "backbone", "size", "s/iter (median)", "min-max", "CPU s/iter"]
+    head += ["GFLOP/iter", mem_key]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
@@ -301,6 +306,7 @@ def print_table(rows: list[dict]) -> None:
             r["size"],
             f"{r['sec_per_iter_median']:.3f}",
             f"{r['sec_per_iter_min']:.3f}-{r['sec_per_iter_max']:.3f}",
+            f"{r['cpu_sec_per_iter_median']:.3f}",
             f"{r['gflop_per_iter']:.1f}",
             str(r.get(mem_key, "-")),
         ]
@@ -333,6 +339,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--no-memory", action="store_true", help="skip the per-method RSS subprocesses")
     p.add_argument("--out", default=str(RESULTS / "step_time.json"), help="JSON output")
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the rows of other backbones already in --out (ratios are recomputed)",
+    )
     p.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.iters < 1 or args.warmup < 0:
@@ -356,11 +367,20 @@ def main(argv: list[str] | None = None) -> int:
     for setting in settings:
         print(f"{setting.key}: {setting.size_label}, methods {', '.join(args.methods)}", flush=True)
         rows += time_setting(setting, args, device)
+    out = Path(args.out)
+    machines = {s.key: {**started, "load_average_at_end": list(os.getloadavg())} for s in settings}
+    if args.append and out.is_file():
+        previous = json.loads(out.read_text())
+        measured = {s.key for s in settings}
+        rows = [r for r in previous["rows"] if r["backbone"] not in measured] + rows
+        machines = {**previous.get("machines", {}), **machines}
     result = {
         "rows": rows,
         "ratios": ratios(rows, "sec_per_iter_median"),
+        "cpu_time_ratios": ratios(rows, "cpu_sec_per_iter_median"),
         "flop_ratios": ratios(rows, "gflop_per_iter"),
-        "machine": {**started, "load_average_at_end": [round(v, 2) for v in os.getloadavg()]},
+        "machine": started,
+        "machines": machines,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "settings": {
             "iters": args.iters,
@@ -370,12 +390,12 @@ def main(argv: list[str] | None = None) -> int:
             "order": "round-robin over methods in one process",
         },
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print()
     print_table(rows)
     print("\nratios of median s/iter:", json.dumps(result["ratios"]))
+    print("ratios of median CPU s/iter:", json.dumps(result["cpu_time_ratios"]))
     print("ratios of FLOPs:", json.dumps(result["flop_ratios"]))
     print(f"wrote {out}")
     return 0

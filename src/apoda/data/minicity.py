@@ -39,8 +39,10 @@ __all__ = [
 FORMAT_VERSION = 1
 MARKER = "minicity.json"
 # Made-up cities; as in Cityscapes, the validation city is not among the training cities.
-TARGET_CITIES: dict[str, tuple[str, ...]] = {"train": ("aldenmoor", "brisvale"),
-                                             "val": ("corrick",)}
+TARGET_CITIES: dict[str, tuple[str, ...]] = {
+    "train": ("aldenmoor", "brisvale"),
+    "val": ("corrick",),
+}
 # Split codes that seed the per-image generators; never renumber (it would change every file).
 _SPLITS: dict[str, tuple[int, Style]] = {
     "source": (0, SYNTHETIC),
@@ -74,27 +76,40 @@ class MiniCityConfig:
     n_randomised: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("seed", "n_source", "n_target_train", "n_target_val", "height", "width",
-                     "n_randomised"):
+        for name in (
+            "seed",
+            "n_source",
+            "n_target_train",
+            "n_target_val",
+            "height",
+            "width",
+            "n_randomised",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ApodaError(f"MiniCityConfig.{name} must be an int, got {value!r}")
         for name in ("n_source", "n_target_train", "n_target_val"):
             if getattr(self, name) < 1:
-                raise ApodaError(f"MiniCityConfig.{name} must be at least 1, "
-                                 f"got {getattr(self, name)}")
+                raise ApodaError(
+                    f"MiniCityConfig.{name} must be at least 1, got {getattr(self, name)}"
+                )
         if self.n_randomised < 0 or self.seed < 0:
-            raise ApodaError(f"MiniCityConfig seed and n_randomised must be >= 0, got "
-                             f"seed={self.seed}, n_randomised={self.n_randomised}")
+            raise ApodaError(
+                f"MiniCityConfig seed and n_randomised must be >= 0, got "
+                f"seed={self.seed}, n_randomised={self.n_randomised}"
+            )
         if self.height < 16 or self.width < 16:
-            raise ApodaError(f"MiniCityConfig image size must be at least 16x16, got "
-                             f"{self.height}x{self.width}")
+            raise ApodaError(
+                f"MiniCityConfig image size must be at least 16x16, got {self.height}x{self.width}"
+            )
 
     def folder_name(self) -> str:
         """Cache folder name: every field, so different configs never share a folder."""
-        return (f"minicity-{self.height}x{self.width}-s{self.seed}-n{self.n_source}"
-                f"-{self.n_target_train}-{self.n_target_val}-r{self.n_randomised}"
-                f"-v{FORMAT_VERSION}")
+        return (
+            f"minicity-{self.height}x{self.width}-s{self.seed}-n{self.n_source}"
+            f"-{self.n_target_train}-{self.n_target_val}-r{self.n_randomised}"
+            f"-v{FORMAT_VERSION}"
+        )
 
 
 def _palette() -> list[int]:
@@ -102,7 +117,7 @@ def _palette() -> list[int]:
     pal = [0] * 768
     for lab in _CITYSCAPES_LABELS:
         if 0 <= lab.id < 256:
-            pal[3 * lab.id:3 * lab.id + 3] = list(lab.color)
+            pal[3 * lab.id : 3 * lab.id + 3] = list(lab.color)
     return pal
 
 
@@ -124,8 +139,10 @@ def _paths(out: Path, split: str, index: int, total: int) -> tuple[Path, Path]:
         return out / split / "images" / name, out / split / "labels" / name
     cs_split = split.removeprefix("target_")
     city, stem = _city_stem(cs_split, index, total)
-    return (out / "target" / "leftImg8bit" / cs_split / city / f"{stem}_leftImg8bit.png",
-            out / "target" / "gtFine" / cs_split / city / f"{stem}_gtFine_labelIds.png")
+    return (
+        out / "target" / "leftImg8bit" / cs_split / city / f"{stem}_leftImg8bit.png",
+        out / "target" / "gtFine" / cs_split / city / f"{stem}_gtFine_labelIds.png",
+    )
 
 
 def _render_one(job: tuple[str, int, int, int, int, int, str]) -> None:
@@ -143,14 +160,21 @@ def _render_one(job: tuple[str, int, int, int, int, int, str]) -> None:
 
 
 def _split_sizes(config: MiniCityConfig) -> dict[str, int]:
-    return {"source": config.n_source, "target_train": config.n_target_train,
-            "target_val": config.n_target_val, "randomised": config.n_randomised}
+    return {
+        "source": config.n_source,
+        "target_train": config.n_target_train,
+        "target_val": config.n_target_val,
+        "randomised": config.n_randomised,
+    }
 
 
 def _marker(config: MiniCityConfig) -> dict[str, Any]:
-    return {"format_version": FORMAT_VERSION, "config": asdict(config),
-            "layout": {"source": "gta5", "target": "cityscapes", "randomised": "gta5"},
-            "cities": {k: list(v) for k, v in TARGET_CITIES.items()}}
+    return {
+        "format_version": FORMAT_VERSION,
+        "config": asdict(config),
+        "layout": {"source": "gta5", "target": "cityscapes", "randomised": "gta5"},
+        "cities": {k: list(v) for k, v in TARGET_CITIES.items()},
+    }
 
 
 def generate_minicity(out: Path, config: MiniCityConfig, progress: bool = False) -> Path:
@@ -200,12 +224,16 @@ def _is_complete(root: Path, config: MiniCityConfig) -> bool:
         marker = json.loads((root / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(marker, dict) and marker.get("format_version") == FORMAT_VERSION and \
-        marker.get("config") == asdict(config)
+    return (
+        isinstance(marker, dict)
+        and marker.get("format_version") == FORMAT_VERSION
+        and marker.get("config") == asdict(config)
+    )
 
 
-def ensure_minicity(config: MiniCityConfig | None = None, root: Path | None = None,
-                    progress: bool = True) -> Path:
+def ensure_minicity(
+    config: MiniCityConfig | None = None, root: Path | None = None, progress: bool = True
+) -> Path:
     """Return the MiniCity folder for `config`, generating it when missing, incomplete or made
     from another config. Default folder: cache_dir() / config.folder_name()."""
     config = config or MiniCityConfig()

@@ -75,10 +75,26 @@ _PARTS: dict[str, tuple[tuple[int, int, int], str, float, float]] = {
 
 # Real-domain hue shift per class in degrees: colour stays a cue, but an unreliable one.
 _REAL_HUE_SHIFT: dict[str, float] = {
-    "road": 0.0, "sidewalk": 20.0, "building": 15.0, "wall": -25.0, "fence": 20.0, "pole": 0.0,
-    "traffic light": -15.0, "traffic sign": -20.0, "vegetation": 25.0, "terrain": -30.0,
-    "sky": -15.0, "person": 30.0, "rider": -30.0, "car": 35.0, "truck": 20.0, "bus": -20.0,
-    "train": 25.0, "motorcycle": -35.0, "bicycle": 30.0, "ego vehicle": 0.0,
+    "road": 0.0,
+    "sidewalk": 12.0,
+    "building": 10.0,
+    "wall": -15.0,
+    "fence": 12.0,
+    "pole": 0.0,
+    "traffic light": -10.0,
+    "traffic sign": -12.0,
+    "vegetation": 15.0,
+    "terrain": -18.0,
+    "sky": -10.0,
+    "person": 18.0,
+    "rider": -18.0,
+    "car": 20.0,
+    "truck": 12.0,
+    "bus": -12.0,
+    "train": 15.0,
+    "motorcycle": -20.0,
+    "bicycle": 18.0,
+    "ego vehicle": 0.0,
 }
 
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE = (
@@ -124,8 +140,17 @@ SYNTHETIC = Style(
     colours="synthetic",
     horizon=(0.37, 0.43),
     camera_height=(1.4, 1.6),
-    priors={"car": 5.0, "truck": 0.6, "bus": 0.35, "train": 0.07, "person": 1.8,
-            "bicycle_rider": 0.15, "motorcycle_rider": 0.15, "bicycle": 0.12, "motorcycle": 0.12},
+    priors={
+        "car": 5.0,
+        "truck": 0.6,
+        "bus": 0.35,
+        "train": 0.07,
+        "person": 1.8,
+        "bicycle_rider": 0.15,
+        "motorcycle_rider": 0.15,
+        "bicycle": 0.12,
+        "motorcycle": 0.12,
+    },
 )
 
 REAL = Style(
@@ -133,12 +158,21 @@ REAL = Style(
     colours="real",
     horizon=(0.47, 0.53),
     camera_height=(1.15, 1.3),
-    priors={"car": 4.6, "truck": 0.25, "bus": 0.3, "train": 0.07, "person": 4.0,
-            "bicycle_rider": 0.35, "motorcycle_rider": 0.1, "bicycle": 0.45, "motorcycle": 0.08},
+    priors={
+        "car": 4.6,
+        "truck": 0.25,
+        "bus": 0.3,
+        "train": 0.07,
+        "person": 4.0,
+        "bicycle_rider": 0.35,
+        "motorcycle_rider": 0.1,
+        "bicycle": 0.45,
+        "motorcycle": 0.08,
+    },
     blur_sigma=(0.4, 0.7),
     noise_sigma=(3.0, 6.0),
     saturation=0.85,
-    cast=(1.07, 1.0, 0.9),
+    cast=(1.05, 1.0, 0.93),
     shadows=True,
     ego_vehicle=True,
 )
@@ -148,8 +182,17 @@ RANDOMISED = Style(
     colours="randomised",
     horizon=(0.3, 0.6),
     camera_height=(1.1, 1.7),
-    priors={"car": 4.8, "truck": 0.55, "bus": 0.35, "train": 0.1, "person": 2.8,
-            "bicycle_rider": 0.25, "motorcycle_rider": 0.12, "bicycle": 0.3, "motorcycle": 0.1},
+    priors={
+        "car": 4.8,
+        "truck": 0.55,
+        "bus": 0.35,
+        "train": 0.1,
+        "person": 2.8,
+        "bicycle_rider": 0.25,
+        "motorcycle_rider": 0.12,
+        "bicycle": 0.3,
+        "motorcycle": 0.1,
+    },
     blur_sigma=(0.0, 1.2),
     noise_sigma=(0.0, 10.0),
     shadows=True,
@@ -178,8 +221,8 @@ class _Palette:
             v *= 1.0 + rng.uniform(-0.1, 0.1) * jitter
             return _hsv(h, s, v), np.zeros(2, np.float32)
         h += _REAL_HUE_SHIFT[cls] / 360.0 + rng.uniform(-0.035, 0.035) * jitter
-        s *= 0.6 * (1.0 + rng.uniform(-0.15, 0.15) * jitter)
-        v *= 0.92 * (1.0 + rng.uniform(-0.15, 0.15) * jitter)
+        s *= 0.72 * (1.0 + rng.uniform(-0.15, 0.15) * jitter)
+        v *= 0.95 * (1.0 + rng.uniform(-0.15, 0.15) * jitter)
         return _hsv(h, s, v), np.array([fine, smooth], np.float32)
 
 
@@ -212,8 +255,14 @@ class _Canvas:
         self.rgb = np.zeros((height, width, 3), np.float32)
         self.tex = np.zeros((height, width, 2), np.float32)
 
-    def _put(self, rows: slice, cols: slice, mask: np.ndarray | None, label: int,
-             paint: tuple[np.ndarray, np.ndarray]) -> None:
+    def _put(
+        self,
+        rows: slice,
+        cols: slice,
+        mask: np.ndarray | None,
+        label: int,
+        paint: tuple[np.ndarray, np.ndarray],
+    ) -> None:
         rgb, tex = paint
         if mask is None:
             self.label[rows, cols] = label
@@ -233,15 +282,23 @@ class _Canvas:
             i1 = i0 + 1
         return max(i0, 0), min(i1, n)
 
-    def rect(self, x0: float, y0: float, x1: float, y1: float, label: int,
-             paint: tuple[np.ndarray, np.ndarray]) -> None:
+    def rect(
+        self,
+        x0: float,
+        y0: float,
+        x1: float,
+        y1: float,
+        label: int,
+        paint: tuple[np.ndarray, np.ndarray],
+    ) -> None:
         c0, c1 = self._span(x0, x1, self.w)
         r0, r1 = self._span(y0, y1, self.h)
         if c1 > c0 and r1 > r0:
             self._put(slice(r0, r1), slice(c0, c1), None, label, paint)
 
-    def _grid(self, x0: float, y0: float, x1: float, y1: float
-              ) -> tuple[slice, slice, np.ndarray, np.ndarray] | None:
+    def _grid(
+        self, x0: float, y0: float, x1: float, y1: float
+    ) -> tuple[slice, slice, np.ndarray, np.ndarray] | None:
         c0, c1 = max(floor(x0), 0), min(ceil(x1) + 1, self.w)
         r0, r1 = max(floor(y0), 0), min(ceil(y1) + 1, self.h)
         if c1 <= c0 or r1 <= r0:
@@ -250,8 +307,16 @@ class _Canvas:
         py = np.arange(r0, r1, dtype=np.float32)[:, None] + 0.5
         return slice(r0, r1), slice(c0, c1), px, py
 
-    def ellipse(self, cx: float, cy: float, rx: float, ry: float, label: int,
-                paint: tuple[np.ndarray, np.ndarray], inner: float = 0.0) -> None:
+    def ellipse(
+        self,
+        cx: float,
+        cy: float,
+        rx: float,
+        ry: float,
+        label: int,
+        paint: tuple[np.ndarray, np.ndarray],
+        inner: float = 0.0,
+    ) -> None:
         """Filled ellipse, or a ring when `inner` (a fraction of the radii) is positive."""
         rx, ry = max(rx, 0.5), max(ry, 0.5)
         grid = self._grid(cx - rx, cy - ry, cx + rx, cy + ry)
@@ -265,8 +330,16 @@ class _Canvas:
         if mask.any():
             self._put(rows, cols, mask, label, paint)
 
-    def line(self, x0: float, y0: float, x1: float, y1: float, width: float, label: int,
-             paint: tuple[np.ndarray, np.ndarray]) -> None:
+    def line(
+        self,
+        x0: float,
+        y0: float,
+        x1: float,
+        y1: float,
+        width: float,
+        label: int,
+        paint: tuple[np.ndarray, np.ndarray],
+    ) -> None:
         """Thick segment, at least about one pixel wide."""
         r = max(0.5 * width, 0.5)
         grid = self._grid(min(x0, x1) - r, min(y0, y1) - r, max(x0, x1) + r, max(y0, y1) + r)
@@ -279,8 +352,9 @@ class _Canvas:
         if mask.any():
             self._put(rows, cols, mask, label, paint)
 
-    def polygon(self, points: list[tuple[float, float]], label: int,
-                paint: tuple[np.ndarray, np.ndarray]) -> None:
+    def polygon(
+        self, points: list[tuple[float, float]], label: int, paint: tuple[np.ndarray, np.ndarray]
+    ) -> None:
         """Filled convex polygon (vertices in either winding order)."""
         xs = [p[0] for p in points]
         ys = [p[1] for p in points]
@@ -377,10 +451,18 @@ class _Scene:
             tex[mask] = tx
 
         rr, rl = self.road_right, self.road_left
-        put(((x > rr) & (x <= rr + self.walk_right)) | ((x < -rl) & (x >= -rl - self.walk_left)),
-            SIDEWALK, walk, tex_walk)
-        put(((x > rr) & (x <= rr + 0.25)) | ((x < -rl) & (x >= -rl - 0.25)), SIDEWALK, kerb,
-            tex_kerb)
+        put(
+            ((x > rr) & (x <= rr + self.walk_right)) | ((x < -rl) & (x >= -rl - self.walk_left)),
+            SIDEWALK,
+            walk,
+            tex_walk,
+        )
+        put(
+            ((x > rr) & (x <= rr + 0.25)) | ((x < -rl) & (x >= -rl - 0.25)),
+            SIDEWALK,
+            kerb,
+            tex_kerb,
+        )
         on_road = (x >= -rl) & (x <= rr)
         put(on_road, ROAD, road, tex_road)
         marks = (np.abs(x - rr + 0.3) < 0.08) | (np.abs(x + rl - 0.3) < 0.08)
@@ -394,14 +476,19 @@ class _Scene:
         if self.style.shadows:
             edge = self.sun * rng.uniform(-3.0, 3.0)
             shadow = (x * self.sun > edge) & ((z + rng.uniform(0, 20)) % 20.0 < 13.0)
-            rgb[shadow] *= rng.uniform(0.55, 0.75)
+            rgb[shadow] *= rng.uniform(0.65, 0.85)
         rows = np.nonzero(below)[0]
         c.label[rows] = label
         c.rgb[rows] = rgb
         c.tex[rows] = tex
 
-    def frontage(self, start: float, stop: float, probs: list[float],
-                 heights: Mapping[int, tuple[float, float]]) -> _Frontage:
+    def frontage(
+        self,
+        start: float,
+        stop: float,
+        probs: list[float],
+        heights: Mapping[int, tuple[float, float]],
+    ) -> _Frontage:
         """Random segments covering [start, stop) with kinds drawn from `probs`."""
         rng = self.rng
         starts: list[float] = []
@@ -417,22 +504,33 @@ class _Scene:
         colour = np.zeros((n, 3), np.float32)
         window = np.zeros((n, 3), np.float32)
         tex = np.zeros((n, 2), np.float32)
-        part = {_GAP: "building", _BUILDING: "building", _WALL: "wall", _FENCE: "fence",
-                _VEG: "vegetation"}
+        part = {
+            _GAP: "building",
+            _BUILDING: "building",
+            _WALL: "wall",
+            _FENCE: "fence",
+            _VEG: "vegetation",
+        }
         for i, k in enumerate(kinds):
             lo, hi = heights.get(k, (0.0, 0.0))
             height[i] = rng.uniform(lo, hi)
             colour[i], tex[i] = self.paint(part[k], 1.5)
             window[i], _ = self.paint("window", 1.0)
         return _Frontage(
-            start=np.array(starts, np.float32), kind=kind, height=height, colour=colour,
-            window=window, tex=tex, window_pitch=rng.uniform(1.6, 3.2, n).astype(np.float32),
+            start=np.array(starts, np.float32),
+            kind=kind,
+            height=height,
+            colour=colour,
+            window=window,
+            tex=tex,
+            window_pitch=rng.uniform(1.6, 3.2, n).astype(np.float32),
             floor_height=rng.uniform(2.8, 3.6, n).astype(np.float32),
             phase=rng.uniform(0.0, 6.3, n).astype(np.float32),
         )
 
-    def draw_plane(self, depth: np.ndarray, along: np.ndarray, valid: np.ndarray,
-                   row: _Frontage, shade: float) -> None:
+    def draw_plane(
+        self, depth: np.ndarray, along: np.ndarray, valid: np.ndarray, row: _Frontage, shade: float
+    ) -> None:
         """Draw a frontage whose column `x` is at `depth[x]` and position `along[x]`."""
         along = np.where(valid, along, 0.0)
         seg = np.clip(np.searchsorted(row.start, along, side="right") - 1, 0, len(row.start) - 1)
@@ -474,27 +572,43 @@ class _Scene:
     def draw_street_frontages(self) -> None:
         rng = self.rng
         end_half = 0.7 * self.z_end * self.w / self.f + 60.0
-        end = self.frontage(-end_half, end_half, [0.15, 0.6, 0.0, 0.0, 0.25],
-                            {_BUILDING: (3.0, 22.0), _VEG: (4.0, 10.0)})
+        end = self.frontage(
+            -end_half,
+            end_half,
+            [0.15, 0.6, 0.0, 0.0, 0.25],
+            {_BUILDING: (3.0, 22.0), _VEG: (4.0, 10.0)},
+        )
         along = (self.xs - self.cx) * self.z_end / self.f
-        self.draw_plane(np.full(self.w, self.z_end, np.float32), along,
-                        np.ones(self.w, bool), end, 0.9)
+        self.draw_plane(
+            np.full(self.w, self.z_end, np.float32), along, np.ones(self.w, bool), end, 0.9
+        )
         light = 1.0 if self.style.colours == "synthetic" else rng.uniform(0.6, 0.8)
         for side in (-1.0, 1.0):
             front = self.front_right if side > 0 else self.front_left
             shade = 1.0 if side == self.sun else light
             dx = (self.xs - self.cx) * side
             for offset, probs, heights in (
-                (rng.uniform(6.0, 15.0), [0.15, 0.65, 0.0, 0.0, 0.2],
-                 {_BUILDING: (6.0, 24.0), _VEG: (5.0, 11.0)}),
-                (0.0, [0.05, 0.6, 0.12, 0.1, 0.13],
-                 {_BUILDING: (4.0, 20.0), _WALL: (1.0, 2.6), _FENCE: (1.0, 2.0),
-                  _VEG: (1.5, 7.0)}),
+                (
+                    rng.uniform(6.0, 15.0),
+                    [0.15, 0.65, 0.0, 0.0, 0.2],
+                    {_BUILDING: (6.0, 24.0), _VEG: (5.0, 11.0)},
+                ),
+                (
+                    0.0,
+                    [0.05, 0.6, 0.12, 0.1, 0.13],
+                    {
+                        _BUILDING: (4.0, 20.0),
+                        _WALL: (1.0, 2.6),
+                        _FENCE: (1.0, 2.0),
+                        _VEG: (1.5, 7.0),
+                    },
+                ),
             ):
                 row = self.frontage(0.0, self.z_end, probs, heights)
                 valid = dx > 1e-3
-                depth = np.where(valid, self.f * (front + offset) / np.maximum(dx, 1e-3),
-                                 np.inf).astype(np.float32)
+                depth = np.where(
+                    valid, self.f * (front + offset) / np.maximum(dx, 1e-3), np.inf
+                ).astype(np.float32)
                 valid &= depth < self.z_end
                 self.draw_plane(depth, depth, valid, row, shade)
 
@@ -523,8 +637,9 @@ class _Scene:
             i = int(rng.integers(len(slots)))
             x = slots[i] + rng.uniform(-0.3, 0.3)
             oncoming = i < len(lanes) and slots[i] < -self.lane / 2 - 1e-6
-            return float(np.clip(x, -self.road_left + width / 2, self.road_right - width / 2)), \
-                oncoming
+            return float(
+                np.clip(x, -self.road_left + width / 2, self.road_right - width / 2)
+            ), oncoming
 
         def walk_x() -> float:
             if rng.uniform() < 0.5:
@@ -591,8 +706,16 @@ class _Scene:
         px, py, s = self.project(x, z)
         return lambda u, v: (px + u * s, py - v * s)
 
-    def _box(self, p: Callable[[float, float], tuple[float, float]], u0: float, v0: float,
-             u1: float, v1: float, label: int, paint: tuple[np.ndarray, np.ndarray]) -> None:
+    def _box(
+        self,
+        p: Callable[[float, float], tuple[float, float]],
+        u0: float,
+        v0: float,
+        u1: float,
+        v1: float,
+        label: int,
+        paint: tuple[np.ndarray, np.ndarray],
+    ) -> None:
         x0, y1 = p(u0, v0)
         x1, y0 = p(u1, v1)
         self.canvas.rect(x0, y0, x1, y1, label, paint)
@@ -605,10 +728,14 @@ class _Scene:
         self._box(p, -w / 2, 0.0, -w / 2 + 0.3, 0.4, CAR, tyre)
         self._box(p, w / 2 - 0.3, 0.0, w / 2, 0.4, CAR, tyre)
         self._box(p, -w / 2, 0.25, w / 2, 0.95, CAR, body)
-        self.canvas.polygon([p(-0.46 * w, 0.95), p(0.46 * w, 0.95), p(0.36 * w, hgt),
-                             p(-0.36 * w, hgt)], CAR, body)
-        self.canvas.polygon([p(-0.4 * w, 1.0), p(0.4 * w, 1.0), p(0.32 * w, hgt - 0.08),
-                             p(-0.32 * w, hgt - 0.08)], CAR, glass)
+        self.canvas.polygon(
+            [p(-0.46 * w, 0.95), p(0.46 * w, 0.95), p(0.36 * w, hgt), p(-0.36 * w, hgt)], CAR, body
+        )
+        self.canvas.polygon(
+            [p(-0.4 * w, 1.0), p(0.4 * w, 1.0), p(0.32 * w, hgt - 0.08), p(-0.32 * w, hgt - 0.08)],
+            CAR,
+            glass,
+        )
         self._box(p, -w / 2 + 0.05, 0.7, -w / 2 + 0.3, 0.85, CAR, lamp)
         self._box(p, w / 2 - 0.3, 0.7, w / 2 - 0.05, 0.85, CAR, lamp)
         self._box(p, -w / 2, 0.22, w / 2, 0.32, CAR, tyre)
@@ -655,8 +782,11 @@ class _Scene:
     def person(self, x: float, z: float) -> None:
         rng = self.rng
         p, hgt = self._to_px(x, z), rng.uniform(1.55, 1.9)
-        skin, top, legs = self.paint("skin"), self.paint("person_top", 2.0), self.paint(
-            "person_legs", 2.0)
+        skin, top, legs = (
+            self.paint("skin"),
+            self.paint("person_top", 2.0),
+            self.paint("person_legs", 2.0),
+        )
         k = hgt / 1.75
         stride = rng.uniform(0.0, 0.12)
         self._box(p, -0.17 - stride, 0.0, -0.02, 0.85 * k, PERSON, legs)
@@ -690,8 +820,13 @@ class _Scene:
                 c.ellipse(wx, wy, r * s, r * s, lab, tyre, inner=0.78)
             seat, bar, crank = (-0.15, 0.85), (0.42, 0.95), (0.0, 0.34)
             width = max(0.06 * s, 0.8)
-            for a, b in ((-hub, r), seat), (seat, crank), (crank, (-hub, r)), (seat, bar), (
-                    bar, (hub, r)):
+            for a, b in (
+                ((-hub, r), seat),
+                (seat, crank),
+                (crank, (-hub, r)),
+                (seat, bar),
+                (bar, (hub, r)),
+            ):
                 x0, y0 = p(a[0] * d, a[1])
                 x1, y1 = p(b[0] * d, b[1])
                 c.line(x0, y0, x1, y1, width, lab, frame)
@@ -701,8 +836,11 @@ class _Scene:
         hip = (seat[0], seat[1] + 0.08)
         shoulder = (seat[0] + 0.2, seat[1] + 0.62)
         foot = (0.0, 0.3 if not motor else 0.45)
-        for (a, b, wdt, paint) in ((hip, foot, 0.16, legs), (hip, shoulder, 0.36, top),
-                                   (shoulder, bar, 0.09, top)):
+        for a, b, wdt, paint in (
+            (hip, foot, 0.16, legs),
+            (hip, shoulder, 0.36, top),
+            (shoulder, bar, 0.09, top),
+        ):
             x0, y0 = p(a[0] * d, a[1])
             x1, y1 = p(b[0] * d, b[1])
             c.line(x0, y0, x1, y1, wdt * s, RIDER, paint)
@@ -721,8 +859,7 @@ class _Scene:
             x0, y0 = p(0.0, hgt)
             x1, y1 = p(inward * 1.4, hgt + 0.3)
             c.line(x0, y0, x1, y1, 0.1 * s, POLE, metal)
-            self._box(p, inward * 1.4 - 0.3, hgt + 0.1, inward * 1.4 + 0.3, hgt + 0.35, POLE,
-                      metal)
+            self._box(p, inward * 1.4 - 0.3, hgt + 0.1, inward * 1.4 + 0.3, hgt + 0.35, POLE, metal)
         elif kind == "light":
             arm = rng.uniform(0.0, 2.5)
             if arm > 0.3:
@@ -747,8 +884,9 @@ class _Scene:
             elif shape == 1:
                 c.ellipse(cx, cy, r, r, SIGN, plate)
             else:
-                c.polygon([(cx - r, cy + 0.8 * r), (cx + r, cy + 0.8 * r), (cx, cy - r)], SIGN,
-                          plate)
+                c.polygon(
+                    [(cx - r, cy + 0.8 * r), (cx + r, cy + 0.8 * r), (cx, cy - r)], SIGN, plate
+                )
 
     def tree(self, x: float, z: float) -> None:
         rng = self.rng
@@ -756,8 +894,9 @@ class _Scene:
         trunk_h, radius = rng.uniform(1.8, 3.0), rng.uniform(1.2, 2.6)
         self._box(p, -0.15, 0.0, 0.15, trunk_h + 0.5, VEGETATION, self.paint("trunk"))
         cx, cy = p(0.0, trunk_h + 0.85 * radius)
-        self.canvas.ellipse(cx, cy, radius * s, 1.1 * radius * s, VEGETATION,
-                            self.paint("vegetation", 1.5))
+        self.canvas.ellipse(
+            cx, cy, radius * s, 1.1 * radius * s, VEGETATION, self.paint("vegetation", 1.5)
+        )
 
     def draw_ego_vehicle(self) -> None:
         """The bonnet of the recording car along the bottom edge (Cityscapes' 'ego vehicle')."""
@@ -794,9 +933,9 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     k = np.exp(-0.5 * (np.arange(-radius, radius + 1, dtype=np.float32) / sigma) ** 2)
     k /= k.sum()
     pad = np.pad(img, ((radius, radius), (0, 0), (0, 0)), mode="reflect")
-    out = sum(k[i] * pad[i:i + img.shape[0]] for i in range(len(k)))
+    out = sum(k[i] * pad[i : i + img.shape[0]] for i in range(len(k)))
     pad = np.pad(out, ((0, 0), (radius, radius), (0, 0)), mode="reflect")
-    return sum(k[i] * pad[:, i:i + img.shape[1]] for i in range(len(k)))
+    return sum(k[i] * pad[:, i : i + img.shape[1]] for i in range(len(k)))
 
 
 def _finish(scene: _Scene) -> np.ndarray:
@@ -811,7 +950,7 @@ def _finish(scene: _Scene) -> np.ndarray:
         gain = rng.uniform(0.5, 1.4) * rng.uniform(0.8, 1.2, size=3)
         img = 255.0 * (np.clip(img * gain, 0.0, 255.0) / 255.0) ** rng.uniform(0.6, 1.6)
     elif style.colours == "real":
-        gain = rng.uniform(0.8, 1.05) * np.array(style.cast, np.float32)
+        gain = rng.uniform(0.85, 1.05) * np.array(style.cast, np.float32)
         gain = gain * (1.0 + rng.uniform(-0.03, 0.03, size=3))
         img = img * gain.astype(np.float32)
     if style.saturation != 1.0:
@@ -824,8 +963,9 @@ def _finish(scene: _Scene) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def render_scene(rng: np.random.Generator, style: Style, height: int, width: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(
+    rng: np.random.Generator, style: Style, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Draw one street scene: (HxWx3 uint8 RGB image, HxW uint8 Cityscapes label ids)."""
     scene = _Scene(rng, style, height, width)
     scene.draw_sky()

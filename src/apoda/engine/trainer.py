@@ -28,7 +28,7 @@ from apoda.engine.checkpoint import (
     save_checkpoint,
 )
 from apoda.engine.data import CyclingLoader, RunData, build_run_data, source_stats
-from apoda.engine.distributed import barrier, init_distributed, sum_over_ranks
+from apoda.engine.distributed import barrier, init_distributed, mean_over_ranks, sum_over_ranks
 from apoda.engine.run_log import RunLog
 from apoda.errors import ApodaError
 from apoda.evaluation import evaluate, metrics_dict
@@ -329,7 +329,10 @@ class Trainer:
                     sched.step()
                 done = it + 1
                 bar.update(1)
-                if runlog is not None and (done % cfg.train.log_every == 0 or done == total):
+                log_now = done % cfg.train.log_every == 0 or done == total
+                if log_now:
+                    values = mean_over_ranks(values)  # collective: every rank, same iterations
+                if runlog is not None and log_now:
                     lrs = {
                         f"lr/{k}": o.param_groups[-1]["lr"]
                         for k, o in self.method.optimizers.items()

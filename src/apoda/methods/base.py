@@ -8,11 +8,12 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from apoda.config import Config
-from apoda.engine.distributed import average_gradients
-from apoda.losses import segmentation_loss
+from apoda.engine.distributed import average_gradients, global_mean_denominator
+from apoda.losses import IGNORE_INDEX, segmentation_loss
 from apoda.models import Discriminator, Segmenter, upsample_logits
 
 Batch = dict[str, Tensor]
@@ -78,10 +79,21 @@ class Method(ABC):
 
     def seg_loss(self, logits: Tensor, labels: Tensor, name: str | None = None) -> Tensor:
         """L_seg in float32 at the label's size."""
-        logits = upsample_logits(logits, labels.shape[1:])
-        return segmentation_loss(
-            name or self.config.method.seg_loss, logits.float(), labels, self.class_weights
-        )
+        logits = upsample_logits(logits, labels.shape[1:]).float()
+        name = name or self.config.method.seg_loss
+        weighted = name == "wce" and self.class_weights is not None
+        if name == "ce" or weighted:
+            # Sum over labelled pixels / the mean count over ranks: in one process the plain
+            # mean; under DDP the averaged gradient then equals the 1-process one exactly
+            # (one formula for both, so 1 and R processes also round alike).
+            weight = self.class_weights.to(logits.device) if weighted else None
+            total = F.cross_entropy(
+                logits, labels, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+            valid = labels[labels != IGNORE_INDEX]
+            count = weight[valid].sum() if weight is not None else valid.new_tensor(valid.numel())
+            return total / global_mean_denominator(count.float())
+        return segmentation_loss(name, logits, labels, self.class_weights)
 
     def supervised_loss(
         self, image: Tensor, labels: Tensor, log: StepLog
