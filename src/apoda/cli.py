@@ -21,6 +21,7 @@ EXAMPLES = {
     "report": "example: apoda report runs/demo/source_only runs/demo/apoda --out runs/compare",
     "data": "example: apoda data stats gta5 /data/gta5 --out gta5.json --plot gta5.png",
     "suite": "example: apoda suite table3 --seeds 3 --out runs/table3",
+    "pretrain": "example: apoda pretrain minicity --iterations 600",
 }
 
 
@@ -107,6 +108,19 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--height", type=int, default=64)
     m.add_argument("--width", type=int, default=128)
+
+    p = add(
+        "pretrain",
+        "Pretrain the small backbone on MiniCity's domain-randomised split and "
+        "cache it (model.pretrained: builtin:minicity-randomised loads it).",
+    )
+    p.add_argument("benchmark", choices=["minicity"])
+    p.add_argument(
+        "--iterations", type=int, default=None, help="default: configs/minicity/pretrain"
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="key.sub=value overrides (e.g. data.minicity.seed=1)"
+    )
 
     p = add("suite", "Run one of the paper's tables on MiniCity or real data, with seeds.")
     p.add_argument("name", help="table1, table3, table4 or table5")
@@ -200,6 +214,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from apoda.config import load_config
+    from apoda.configs import resolve_config
+    from apoda.pretrain import pretrain_minicity
+
+    config = load_config(resolve_config("minicity/source_only"), args.overrides)
+    print(f"pretrained backbone: {pretrain_minicity(config, args.iterations)}")
+    return 0
+
+
 def cmd_suite(args: argparse.Namespace) -> int:
     from apoda.suites import run_suite
 
@@ -224,6 +248,7 @@ COMMANDS = {
     "data": cmd_data,
     "demo": cmd_demo,
     "suite": cmd_suite,
+    "pretrain": cmd_pretrain,
 }
 
 

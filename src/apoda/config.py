@@ -27,6 +27,7 @@ class MiniCitySettings:
     n_source: int = 2000
     n_target_train: int = 2000
     n_target_val: int = 500
+    n_randomised: int = 0
 
 
 @dataclass

@@ -51,32 +51,31 @@ def class_weights(pixel_fraction: Sequence[float]) -> Tensor:
 def _lovasz_flat(probs: Tensor, labels: Tensor, classes: str | Sequence[int]) -> Tensor:
     """Lovász-Softmax on flattened pixels: probs [P,C], labels [P] (ignored pixels removed).
 
-    All classes are sorted at once (one sort on a [P,C] matrix) instead of a Python loop.
+    The selected classes are sorted at once (one sort on a [P,K] matrix) instead of a Python
+    loop; under "present" the absent classes are dropped before the sort.
     """
     num_classes = probs.shape[1]
     if probs.shape[0] == 0:
         return probs.sum() * 0.0
-    fg = F.one_hot(labels, num_classes).to(probs.dtype)  # [P,C]
-    errors = (fg - probs).abs()
+    if classes == "present":
+        selected = torch.bincount(labels, minlength=num_classes).nonzero().flatten()
+    elif classes == "all":
+        selected = torch.arange(num_classes, device=probs.device)
+    else:
+        selected = torch.as_tensor(list(classes), dtype=torch.long, device=probs.device)
+    if selected.numel() == 0:
+        return probs.sum() * 0.0
+    fg = (labels[:, None] == selected[None, :]).to(probs.dtype)  # [P,K]
+    errors = (fg - probs.index_select(1, selected)).abs()
     errors_sorted, order = torch.sort(errors, dim=0, descending=True)
     fg_sorted = torch.gather(fg, 0, order)
-    gts = fg_sorted.sum(0)  # [C]
+    gts = fg_sorted.sum(0)  # [K]
     intersection = gts - fg_sorted.cumsum(0)
     union = gts + (1.0 - fg_sorted).cumsum(0)
     jaccard = 1.0 - intersection / union
     # Gradient of the Lovász extension of the Jaccard loss (Berman et al. 2018, Alg. 1).
     jaccard = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]], dim=0)
-    per_class = (errors_sorted * jaccard.detach()).sum(0)  # [C]
-    if classes == "present":
-        mask = gts > 0
-    elif classes == "all":
-        mask = torch.ones_like(gts, dtype=torch.bool)
-    else:
-        mask = torch.zeros_like(gts, dtype=torch.bool)
-        mask[list(classes)] = True
-    if not torch.any(mask):
-        return probs.sum() * 0.0
-    return per_class[mask].mean()
+    return (errors_sorted * jaccard.detach()).sum(0).mean()
 
 
 def lovasz_softmax(

@@ -18,8 +18,14 @@ from apoda.data import ClassScheme, SegmentationDataset, build_dataset, get_sche
 from apoda.data.transforms import AugmentConfig
 from apoda.errors import ApodaError
 
-# "cityscapes" and "minicity_target" as a source train on target labels: the oracle.
-SOURCES = ("gta5", "synthia", "minicity", "cityscapes", "minicity_target")
+# "cityscapes" and "minicity_target" as a source train on target labels: the oracle;
+# "minicity_randomised" is MiniCity's domain-randomised split (backbone pretraining).
+SOURCES = ("gta5", "synthia", "minicity", "cityscapes", "minicity_target", "minicity_randomised")
+MINICITY_FOLDERS = {
+    "minicity": "source",
+    "minicity_target": "target",
+    "minicity_randomised": "randomised",
+}
 TARGETS = ("cityscapes", "minicity")
 
 
@@ -33,6 +39,7 @@ def minicity_root(data: DataConfig) -> Path:
         n_source=s.n_source,
         n_target_train=s.n_target_train,
         n_target_val=s.n_target_val,
+        n_randomised=s.n_randomised,
         height=s.height,
         width=s.width,
     )
@@ -76,12 +83,13 @@ def build_run_data(config: Config, need_train: bool = True) -> RunData:
     def root_of(name: str, root: str | None, key: str) -> Path:
         if name.startswith("minicity"):
             assert mini is not None
-            return mini / ("source" if name == "minicity" and key == "source_root" else "target")
+            return mini / (MINICITY_FOLDERS[name] if key == "source_root" else "target")
         if root is None:
             raise ApodaError(f"data.{key} is not set: give the folder of the {name} dataset")
         return Path(root).expanduser()
 
-    src_name = {"minicity": "gta5", "minicity_target": "cityscapes"}.get(data.source, data.source)
+    layouts = {"minicity": "gta5", "minicity_randomised": "gta5", "minicity_target": "cityscapes"}
+    src_name = layouts.get(data.source, data.source)
     src_root = root_of(data.source, data.source_root, "source_root")
     tgt_root = root_of(data.target, data.target_root, "target_root")
     val = build_dataset(

@@ -68,7 +68,14 @@ def build_model(config: Config, num_classes: int, log: Callable[[str], None] = p
         bn_mode=model.bn_mode,
     )
     if model.pretrained:
-        load_pretrained(segmenter, model.pretrained, log=log)
+        path = model.pretrained
+        if path.startswith("builtin:"):
+            from apoda.pretrain import BUILTIN, pretrain_minicity
+
+            if path != BUILTIN:
+                raise ApodaError(f"model.pretrained {path!r}: the built-in weights are {BUILTIN}")
+            path = str(pretrain_minicity(config))
+        load_pretrained(segmenter, path, log=log)
     if model.init_from:
         state = load_checkpoint(model.init_from)
         load_module_state(

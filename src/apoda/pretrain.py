@@ -1,0 +1,75 @@
+"""`apoda pretrain minicity`: a stand-in for the ImageNet/COCO init checkpoint of the real
+pipelines. The small backbone learns segmentation on MiniCity's domain-randomised split
+(colours, textures, light, blur and noise drawn per image and per object), its head is thrown
+away, and the backbone weights are cached as a file that `model.pretrained` loads like any
+downloaded init checkpoint, so every method starts from the same weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from apoda.config import Config, load_config
+from apoda.configs import resolve_config
+from apoda.data.minicity import cache_dir
+from apoda.engine.checkpoint import cut_free_key, load_checkpoint
+from apoda.engine.trainer import Trainer
+
+BUILTIN = "builtin:minicity-randomised"
+"""The `model.pretrained` value that names this stage's output (trained when not cached)."""
+
+
+def _randomised_count(config: Config, base: Config) -> int:
+    """The randomised split's size: the run's own, else the pretraining config's."""
+    return config.data.minicity.n_randomised or base.data.minicity.n_randomised
+
+
+def pretrained_path(config: Config, iterations: int, n_randomised: int) -> Path:
+    """Where the pretrained backbone for these MiniCity settings is cached."""
+    s = config.data.minicity
+    name = (
+        f"{config.model.arch}-minicity-randomised-{s.height}x{s.width}-n{n_randomised}"
+        f"-s{s.seed}-i{iterations}"
+    )
+    return cache_dir() / "pretrained" / f"{name}.pth"
+
+
+def pretrain_minicity(config: Config, iterations: int | None = None) -> Path:
+    """Train (once) and cache the backbone for `config`'s MiniCity; return the weights file."""
+    base = load_config(resolve_config("minicity/pretrain"))
+    iterations = iterations or base.train.iterations
+    n_randomised = _randomised_count(config, base)
+    target = pretrained_path(config, iterations, n_randomised)
+    if target.is_file():
+        return target
+    settings = config.data.minicity
+    overrides = [
+        f"train.iterations={iterations}",
+        f"data.minicity.seed={settings.seed}",
+        f"data.minicity.height={settings.height}",
+        f"data.minicity.width={settings.width}",
+        f"data.minicity.n_source={settings.n_source}",
+        f"data.minicity.n_target_train={settings.n_target_train}",
+        f"data.minicity.n_target_val={settings.n_target_val}",
+        f"data.minicity.n_randomised={n_randomised}",
+        f"model.arch={config.model.arch}",
+    ]
+    run_dir = target.with_suffix("")
+    print(
+        f"pretraining the {config.model.arch} backbone on MiniCity's randomised split -> {target}"
+    )
+    Trainer(
+        load_config(resolve_config("minicity/pretrain"), overrides),
+        run_dir,
+        resume=run_dir.is_dir(),
+    ).fit()
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["modules"]["segmenter"]
+    free = {cut_free_key(key): value for key, value in state.items()}
+    backbone = {
+        k.removeprefix("backbone."): v for k, v in free.items() if k.startswith("backbone.")
+    }
+    tmp = target.with_suffix(".tmp")
+    torch.save(backbone, tmp)
+    tmp.replace(target)
+    return target

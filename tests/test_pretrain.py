@@ -1,0 +1,45 @@
+"""The MiniCity pretraining stage: a cached backbone that loads like an init checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from apoda.config import load_config
+from apoda.configs import resolve_config
+from apoda.engine.trainer import Trainer
+from apoda.models import build_segmenter, load_pretrained
+from apoda.pretrain import BUILTIN, pretrain_minicity
+from conftest import TINY
+
+
+def test_pretrained_backbone_is_cached_and_used_by_runs(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    overrides = [*TINY, "data.minicity.n_randomised=16"]
+    config = load_config(resolve_config("minicity/source_only"), overrides)
+    path = pretrain_minicity(config, iterations=2)
+    assert path.is_file()
+    seg = build_segmenter("small", 19)
+    lines: list[str] = []
+    report = load_pretrained(seg, path, log=lines.append)
+    assert report.loaded == report.total and "loaded" in lines[0]
+
+    calls = []
+    monkeypatch.setattr(Trainer, "fit", lambda self: calls.append(self))
+    assert pretrain_minicity(config, iterations=2) == path  # cached: not trained again
+    assert calls == []
+    monkeypatch.undo()
+
+    run_cfg = load_config(
+        resolve_config("minicity/source_only"),
+        [*overrides, f"model.pretrained={BUILTIN}", "train.iterations=1", "train.eval_every=0"],
+    )
+    # the built-in name resolves to the pretraining config's default length: pre-seed that file
+    default = load_config(resolve_config("minicity/pretrain")).train.iterations
+    target = path.with_name(path.name.replace("-i2.pth", f"-i{default}.pth"))
+    torch.save(torch.load(path, weights_only=True), target)
+    capsys.readouterr()
+    Trainer(run_cfg, tmp_path / "run").fit()
+    assert f"from {target}" in capsys.readouterr().out  # the run loaded the cached backbone
