@@ -16,15 +16,17 @@ from apoda.report import read_run, write_report
 
 # A much shorter schedule on a small MiniCity, for smoke tests and CI.
 FAST_OVERRIDES = [
-    "data.minicity.n_source=96",
-    "data.minicity.n_target_train=96",
-    "data.minicity.n_target_val=32",
+    "data.minicity.n_source=64",
+    "data.minicity.n_target_train=64",
+    "data.minicity.n_target_val=16",
+    "data.minicity.height=32",
+    "data.minicity.width=64",
     "data.batch_size=8",
     "train.eval_every=0",
     "train.log_every=5",
     "train.samples=4",
 ]
-FAST_ITERATIONS = {"source_only": 30, "apoda": 10}
+FAST_ITERATIONS = {"source_only": 20, "apoda": 8}
 
 ROWS = (
     ("source_only", "source only"),
