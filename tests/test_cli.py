@@ -79,8 +79,25 @@ def test_train_eval_predict_report_and_stats(
     assert "--resume" in capsys.readouterr().err
 
     eval_out = tmp_path / "eval"
-    assert main(["eval", str(run), "--data", "minicity", "--out", str(eval_out)]) == 0
+    colors = tmp_path / "colors"
+    assert (
+        main(
+            [
+                "eval",
+                str(run),
+                "--data",
+                "minicity",
+                "--out",
+                str(eval_out),
+                "--colors",
+                str(colors),
+            ]
+        )
+        == 0
+    )
     assert "| road |" in capsys.readouterr().out
+    pngs = sorted(colors.glob("*.png"))
+    assert len(pngs) == 8 and Image.open(pngs[0]).size == (64, 32)  # label resolution
     metrics = json.loads((eval_out / "metrics.json").read_text())
     assert metrics["miou"] == pytest.approx(json.loads((run / "metrics.json").read_text())["miou"])
 

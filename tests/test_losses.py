@@ -22,16 +22,17 @@ from apoda.losses import (
 )
 
 
-def _lovasz_reference(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    """Berman et al.'s Algorithm 1, one class at a time, in float64 Python."""
+def _lovasz_reference(probs: torch.Tensor, labels: torch.Tensor, classes=None) -> float:  # type: ignore[no-untyped-def]
+    """Berman et al.'s Algorithm 1, one class at a time, in float64 Python; `classes` None means
+    the classes present in the labels."""
     p = probs.permute(0, 2, 3, 1).reshape(-1, probs.shape[1]).double()
     y = labels.reshape(-1)
     keep = y != 255
     p, y = p[keep], y[keep]
     losses = []
-    for c in range(p.shape[1]):
+    for c in range(p.shape[1]) if classes is None else classes:
         fg = (y == c).double()
-        if fg.sum() == 0:
+        if classes is None and fg.sum() == 0:
             continue
         errors = (fg - p[:, c]).abs()
         order = torch.argsort(errors, descending=True)
@@ -56,6 +57,16 @@ def test_lovasz_matches_reference_on_random_probs() -> None:
     assert lovasz_softmax(probs, labels).item() == pytest.approx(
         _lovasz_reference(probs, labels), abs=1e-6
     )
+
+
+def test_lovasz_all_and_listed_classes_include_absent_ones() -> None:
+    gen = torch.Generator().manual_seed(7)
+    probs = torch.randn(1, 4, 5, 5, generator=gen).softmax(1)
+    labels = torch.randint(0, 2, (1, 5, 5), generator=gen)  # classes 2 and 3 absent
+    got_all = lovasz_softmax(probs, labels, classes="all").item()
+    assert got_all == pytest.approx(_lovasz_reference(probs, labels, range(4)), abs=1e-6)
+    got_list = lovasz_softmax(probs, labels, classes=[1, 3]).item()
+    assert got_list == pytest.approx(_lovasz_reference(probs, labels, [1, 3]), abs=1e-6)
 
 
 def test_lovasz_on_one_hot_is_one_minus_mean_iou_of_present_classes() -> None:

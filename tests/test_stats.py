@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from apoda.data import CITYSCAPES19, SYNTHIA16, CityscapesDataset, GTA5Dataset
-from apoda.data.stats import compute_stats, plot_class_distribution
+from apoda.data.stats import compute_stats
 from apoda.errors import ApodaError
 
 
@@ -64,16 +64,3 @@ def test_compute_stats_in_another_scheme_and_without_labels(tmp_path: Path) -> N
     target = CityscapesDataset(tmp_path / "cs", CITYSCAPES19, split="train", labelled=False)
     with pytest.raises(ApodaError, match="no labelled pixels"):
         compute_stats(target, "cityscapes", "train")
-
-
-def test_plot_class_distribution_writes_a_picture(tmp_path: Path) -> None:
-    ds = GTA5Dataset(make_dataset(tmp_path / "g"), CITYSCAPES19)
-    source = compute_stats(ds, "gta5", "train")
-    target = dict(source, dataset="cityscapes", pixel_fraction=dict(source["pixel_fraction"]))
-    target["pixel_fraction"]["road"] = 0.3
-    path = plot_class_distribution([source, target], tmp_path / "plots" / "dist.png")
-    with Image.open(path) as image:
-        assert image.size[0] > 300 and image.size[1] > 200
-    other = compute_stats(GTA5Dataset(tmp_path / "g", SYNTHIA16), "synthia", "train")
-    with pytest.raises(ApodaError, match="different class lists"):
-        plot_class_distribution([source, other], tmp_path / "bad.png")

@@ -14,20 +14,8 @@ from typing import Any
 import yaml
 
 from apoda.attacks import AttackConfig
+from apoda.data.minicity import MiniCityConfig
 from apoda.errors import ApodaError
-
-
-@dataclass
-class MiniCitySettings:
-    """The built-in benchmark's generation settings (see `apoda data minicity`)."""
-
-    seed: int = 0
-    height: int = 64
-    width: int = 128
-    n_source: int = 2000
-    n_target_train: int = 2000
-    n_target_val: int = 500
-    n_randomised: int = 0
 
 
 @dataclass
@@ -53,7 +41,7 @@ class DataConfig:
     max_target: int | None = None
     max_val: int | None = None
     tail_classes: list[str] | None = None
-    minicity: MiniCitySettings = field(default_factory=MiniCitySettings)
+    minicity: MiniCityConfig = field(default_factory=MiniCityConfig)
 
 
 @dataclass

@@ -113,12 +113,13 @@ def evaluate_checkpoint(
     out_file = out_dir / "metrics.json"
     out_file.write_text(json.dumps(metrics, indent=1))
     if colors:
-        from apoda.evaluation import save_color_predictions
+        from apoda.evaluation import predict_full_res, save_color_predictions
 
         with torch.no_grad():
             for i in range(len(dataset)):
                 item = dataset[i]
-                pred = segmenter(item["image"][None].to(device)).argmax(1).cpu()
+                image = item["image"][None].to(device)
+                pred = predict_full_res(segmenter, image, item["label"].shape[-2:]).cpu()
                 save_color_predictions(pred, [item["name"]], scheme, colors)
     return metrics, out_file
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from apoda.data.classes import tail_classes
@@ -51,46 +49,3 @@ def compute_stats(
         "tail_threshold": threshold,
         "tail_classes": tail_classes(fraction, threshold),
     }
-
-
-def plot_class_distribution(stats: list[dict[str, Any]], path: str | Path) -> Path:
-    """Bar chart (log scale) of the class fractions of one or more datasets side by side.
-
-    Classes are sorted by the first dataset's fraction; that dataset's tail classes are hatched
-    and their names starred. Returns the written path.
-    """
-    if not stats:
-        raise ApodaError("plot_class_distribution needs at least one stats dict")
-    names = list(stats[0]["class_names"])
-    for s in stats[1:]:
-        if list(s["class_names"]) != names:
-            raise ApodaError(
-                f"cannot plot {s['dataset']} beside {stats[0]['dataset']}: different class lists"
-            )
-    first = stats[0]["pixel_fraction"]
-    order = sorted(names, key=lambda c: -first[c])
-    tail = set(stats[0]["tail_classes"])
-    x = np.arange(len(order))
-    width = 0.8 / len(stats)
-    # A bare Figure renders with Agg and leaves pyplot's global state alone.
-    fig = Figure(figsize=(max(6.0, 0.5 * len(order)), 4.0))
-    ax = fig.subplots()
-    for k, s in enumerate(stats):
-        values = [100.0 * s["pixel_fraction"][c] for c in order]
-        bars = ax.bar(x + (k - (len(stats) - 1) / 2) * width, values, width, label=s["dataset"])
-        for bar, c in zip(bars, order, strict=True):
-            if c in tail:
-                bar.set_hatch("//")
-    ax.set_yscale("log")
-    ax.set_ylabel("share of labelled pixels (%)")
-    ax.set_xticks(x, [f"{c}*" if c in tail else c for c in order], rotation=60, ha="right")
-    ax.set_title(
-        f"Class distribution (* tail: under {100 * stats[0]['tail_threshold']:g}% of "
-        f"{stats[0]['dataset']} pixels)"
-    )
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path

@@ -31,19 +31,9 @@ TARGETS = ("cityscapes", "minicity")
 
 def minicity_root(data: DataConfig) -> Path:
     """The MiniCity folder for these settings, generated into the cache when missing."""
-    from apoda.data.minicity import MiniCityConfig, ensure_minicity
+    from apoda.data.minicity import ensure_minicity
 
-    s = data.minicity
-    config = MiniCityConfig(
-        seed=s.seed,
-        n_source=s.n_source,
-        n_target_train=s.n_target_train,
-        n_target_val=s.n_target_val,
-        n_randomised=s.n_randomised,
-        height=s.height,
-        width=s.width,
-    )
-    return ensure_minicity(config)
+    return ensure_minicity(data.minicity)
 
 
 def _size(value: list[int] | None) -> tuple[int, int] | None:

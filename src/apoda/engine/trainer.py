@@ -91,7 +91,7 @@ def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool)
     out = {
         k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
     }
-    if channels_last:
+    if channels_last and device.type == "cuda":
         out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
     return out
 

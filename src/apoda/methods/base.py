@@ -55,7 +55,7 @@ class Method(ABC):
     # -- helpers shared by the methods -------------------------------------------------------
     def autocast(self) -> AbstractContextManager[object]:
         """bf16 autocast on CUDA when the config asks for it; float32 everywhere else."""
-        if self.device.type == "cuda" and self.config.train.amp:
+        if self.device.type == "cuda" and self.config.train.amp and torch.cuda.is_bf16_supported():
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
