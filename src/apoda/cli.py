@@ -128,6 +128,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="minicity")
     p.add_argument("--out", help="output folder (default runs/suite-NAME)")
     p.add_argument("--fast", action="store_true", help="a much shorter schedule (smoke test)")
+    p.add_argument(
+        "--runs",
+        help="where the rows' runs live (default --out); suites sharing it share their common rows",
+    )
+    p.add_argument(
+        "--only-seed",
+        type=int,
+        default=None,
+        help="train only this seed's rows, write no table (parallel launches)",
+    )
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides applied to every row")
     return parser
 
@@ -236,6 +246,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
         fast=args.fast,
         overrides=args.overrides,
         argv=sys.argv,
+        runs=Path(args.runs) if args.runs else None,
+        only_seed=args.only_seed,
     )
     return 0
 

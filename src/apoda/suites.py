@@ -263,8 +263,14 @@ def run_suite(
     overrides: Sequence[str] = (),
     argv: Sequence[str] = (),
     rows: Sequence[Row] | None = None,
-) -> SuiteResult:
-    """Train (or reuse) every row for every seed, then write the tables."""
+    runs: Path | None = None,
+    only_seed: int | None = None,
+) -> SuiteResult | None:
+    """Train (or reuse) every row for every seed, then write the tables.
+
+    `runs` is where the rows' run folders live (default `out`): suites that share it share
+    their common rows (step 1, the matched control, APODA). `only_seed` trains that seed's rows
+    and writes no table (for launching seeds in parallel processes)."""
     if rows is None:
         if name not in SUITES:
             raise ApodaError(f"unknown suite {name!r}; expected one of {', '.join(SUITES)}")
@@ -275,10 +281,13 @@ def run_suite(
         raise ApodaError(f"--seeds must be at least 1, got {seeds}")
     extra = [*(_fast_overrides() if fast else []), *overrides]
     result = SuiteResult(name, tuple(rows))
-    for seed in range(seeds):
+    runs = runs or out
+    for seed in range(seeds) if only_seed is None else [only_seed]:
         for row in _order(rows):
-            metrics = _train_row(row, FAMILIES[data], out, seed, extra)
+            metrics = _train_row(row, FAMILIES[data], runs, seed, extra)
             result.metrics.setdefault(row.key, []).append(metrics)
+    if only_seed is not None:
+        return None
     table = write_tables(result, out, argv)
     print(table.read_text())
     return result
