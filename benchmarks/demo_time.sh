@@ -6,6 +6,7 @@
 #   benchmarks/demo_time.sh                 # the full demo (about 10 min)
 #   benchmarks/demo_time.sh --fast          # the smoke schedule, to check this script
 #   OUT=path.json benchmarks/demo_time.sh   # another result file
+#   KEEP=dir benchmarks/demo_time.sh        # keep the demo's output folder (table, report) in dir
 #
 # Peak memory is the maximum resident set size from GNU time (`/usr/bin/time -v`), or, where
 # that is missing, from Python's resource.getrusage(RUSAGE_CHILDREN) around the command.
@@ -27,7 +28,7 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 export APODA_CACHE="$WORK/cache"
 mkdir -p "$APODA_CACHE"
-DEMO=("$PYTHON" -c 'import sys; from apoda.cli import main; sys.exit(main())' demo --out "$WORK/runs")
+DEMO=("$PYTHON" -c 'import sys; from apoda.cli import main; sys.exit(main())' demo --out "${KEEP:-$WORK/runs}")
 if $FAST; then DEMO+=(--fast); fi
 
 if [ -x /usr/bin/time ]; then

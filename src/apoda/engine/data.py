@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +131,7 @@ def source_stats(dataset: SegmentationDataset, name: str) -> dict[str, Any]:
         return json.loads(path.read_text())
     stats = compute_stats(dataset, name, "train")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")  # parallel runs may compute it at once
     tmp.write_text(json.dumps(stats, indent=1))
     tmp.replace(path)
     return stats
