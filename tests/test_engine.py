@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -204,3 +209,43 @@ def test_unwritable_output_folder_is_named(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(ApodaError, match=r"file\.txt/run cannot be written"):
         Trainer(_config(), blocker / "run")
+
+
+def _train_subprocess(run: Path, extra: list[str]) -> subprocess.Popen[bytes]:
+    args = [*TINY, "train.iterations=8", "train.eval_every=0", "train.checkpoint_every=2"]
+    cmd = [sys.executable, "-m", "apoda.cli", "train", "minicity/source_only", *args, *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.Popen(
+        [*cmd, "--out", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_to_the_same_parameters(tmp_path: Path) -> None:
+    assert _train_subprocess(tmp_path / "whole", []).wait(timeout=300) == 0
+    proc = _train_subprocess(tmp_path / "killed", [])
+    last = tmp_path / "killed" / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill -9 as soon as a checkpoint before the end exists
+        if last.is_file() and 2 <= load_checkpoint(last)["iteration"] < 8:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    killed_at = load_checkpoint(last)["iteration"]
+    assert killed_at < 8 and not (tmp_path / "killed" / "metrics.json").exists()
+    resumed = _train_subprocess(tmp_path / "killed", ["--resume"])
+    assert resumed.wait(timeout=300) == 0
+    whole, after = _params(tmp_path / "whole"), _params(tmp_path / "killed")
+    for key, value in whole.items():
+        assert torch.equal(value, after[key]), key
+
+
+def test_oracle_selection_is_opt_in_and_labelled(tmp_path: Path) -> None:
+    metrics = Trainer(_config("train.select_best=true"), tmp_path / "best").fit()
+    assert metrics["selection"].startswith("oracle-best")
+    assert "final_miou" in metrics
+    assert (tmp_path / "best" / "checkpoints" / "best.pt").is_file()
+    saved = json.loads((tmp_path / "best" / "metrics.json").read_text())
+    assert saved["selection"].startswith("oracle-best")
+    assert "oracle" in (tmp_path / "best" / "report.md").read_text()
