@@ -65,7 +65,7 @@ class Setting:
 
 
 DEFAULTS = {
-    "small": Setting("small", "small", (64, 128), (64, 128), 16),  # MiniCity size and batch
+    "small": Setting("small", "small", (64, 128), (64, 128), 8),  # MiniCity steps 2-3
     "r101": Setting("r101", "resnet101", (256, 512), (256, 512), 1),  # CPU-feasible DeepLab-v2
 }
 
@@ -84,9 +84,12 @@ def parse_sizes(text: str) -> tuple[Size, Size]:
     return source, target
 
 
-def method_config(name: str, amp: bool) -> Config:
-    """The MiniCity APODA config switched to `name`, with the brief's loss settings."""
+def method_config(name: str, amp: bool, arch: str) -> Config:
+    """The MiniCity APODA config switched to `name`, with the brief's loss settings; D has the
+    MiniCity width (32) on the small backbone and the paper's (64) on ResNet-101."""
     overrides = [f"method.name={name}", f"train.amp={str(amp).lower()}", "train.nonfinite=skip"]
+    if arch != "small":
+        overrides.append("method.discriminator_width=64")
     if name in ("asn", "advent"):
         overrides.append("method.lambda_adv=0.001")
     if name == "apoda":
@@ -98,7 +101,7 @@ def method_config(name: str, amp: bool) -> Config:
 
 def build(name: str, setting: Setting, device: torch.device, amp: bool) -> Method:
     """A fresh segmenter (random init, the architecture's default batch norm) and method."""
-    config = method_config(name, amp)
+    config = method_config(name, amp, setting.arch)
     segmenter = build_segmenter(setting.arch, NUM_CLASSES).to(device)  # type: ignore[arg-type]
     method = build_method(segmenter, config, device)
     method.set_train_mode()
