@@ -134,3 +134,28 @@ def test_unknown_method_is_named() -> None:
     with pytest.raises(ApodaError, match="unknown method 'cycada'"):
         build_method(build_segmenter("small", C), cfg, torch.device("cpu"))
     assert {"source_only", "asn", "advent", "apoda"} <= set(METHODS)
+
+
+def test_adabn_replaces_bn_statistics_by_the_targets_and_trains_no_weight() -> None:
+    method = _method("adabn", "model.bn_mode=train")
+    src, tgt = _batches()
+    tgt["image"] = tgt["image"] * 3 + 2  # a target domain with other statistics
+    before = {n: p.clone() for n, p in method.segmenter.named_parameters()}
+    method.segmenter.train()
+    method.train_step(src, tgt, 0)
+    method.train_step(src, tgt, 1)
+    assert all(torch.equal(p, before[n]) for n, p in method.segmenter.named_parameters())
+    modules = dict(method.segmenter.named_modules())
+    conv = next(m for m in modules.values() if isinstance(m, torch.nn.Conv2d))
+    first = next(m for m in modules.values() if isinstance(m, torch.nn.BatchNorm2d))
+    # the first BN's running mean is now exactly the mean of its input over the target batches
+    with torch.no_grad():
+        conv_out = conv(tgt["image"])
+    expected = conv_out.mean((0, 2, 3))
+    assert torch.allclose(first.running_mean, expected, atol=1e-5)
+    assert int(first.num_batches_tracked) == 2
+
+
+def test_adabn_needs_train_mode_batch_norm() -> None:
+    with pytest.raises(ApodaError, match=r"bn_mode=train.*got bn_mode='frozen'"):
+        _method("adabn", "model.bn_mode=frozen")

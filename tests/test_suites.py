@@ -37,6 +37,9 @@ def test_two_seed_suite_writes_mean_std_and_resumes(tmp_path: Path, monkeypatch)
     monkeypatch.setattr(trainer.Trainer, "fit", lambda self: calls.append(self) or {})
     run_suite("tiny", out, seeds=2, overrides=extra, rows=TWO_ROWS)
     assert calls == []  # every row was finished: nothing trained again
+    # a finished row trained with another config is never passed off as this suite's row
+    with pytest.raises(ApodaError, match=r"step1 finished with a different config .*optim.lr"):
+        run_suite("tiny", out, seeds=2, overrides=[*extra, "optim.lr=0.5"], rows=TWO_ROWS)
 
 
 def test_suite_definitions_carry_matched_controls() -> None:

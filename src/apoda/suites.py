@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apoda.config import load_config
+from apoda.config import Config, config_to_dict, load_config
 from apoda.configs import resolve_config
 from apoda.engine.trainer import Trainer
 from apoda.errors import ApodaError
@@ -42,6 +42,26 @@ MATCHED = Row("source_only", "source only (matched)", "source_only_continue")
 APODA = Row("apoda", "APODA", "apoda")
 APODA_OFF = Row("apoda_none", "APODA, attack off", "apoda", ("method.attack.name=none",))
 
+BN_CONTROLS = (
+    Row(
+        "asn_bn_train",
+        "ASN with G's batch norm in train mode (target statistics leak in)",
+        "asn",
+        ("model.bn_mode=train",),
+        ours=True,
+    ),
+    Row(
+        "adabn",
+        "source only + BN statistics re-estimated on target (AdaBN)",
+        "source_only_continue",
+        ("method.name=adabn", "model.bn_mode=train"),
+        ours=True,
+    ),
+    Row("apoda_adabn", "APODA from AdaBN", "apoda", init="adabn", ours=True),
+)
+"""Controls for batch norm on a backbone that trains it: how much of a gain is only G's BN
+statistics moving to the target domain (docs/results.md, 'batch norm')."""
+
 SUITES: dict[str, tuple[Row, ...]] = {
     "table1": (
         STEP1,
@@ -52,6 +72,7 @@ SUITES: dict[str, tuple[Row, ...]] = {
         Row("asn_lovasz", "ASN + Lovász", "asn", ("method.seg_loss=lovasz",)),
         APODA_OFF,
         APODA,
+        *BN_CONTROLS,
     ),
     "table3": (
         STEP1,
@@ -147,17 +168,53 @@ def _run_dir(out: Path, row: Row, seed: int) -> Path:
 
 def _train_row(row: Row, family: str, out: Path, seed: int, extra: Sequence[str]) -> dict[str, Any]:
     run_dir = _run_dir(out, row, seed)
-    metrics_file = run_dir / "metrics.json"
-    if metrics_file.is_file():
-        print(f"[{row.key} seed {seed}] finished before; not trained again")
-        return json.loads(metrics_file.read_text())
     overrides = [f"train.seed={seed}", f"name={row.key}-seed{seed}", *row.overrides, *extra]
     if row.init is not None:
         init = _run_dir(out, Row(row.init, "", ""), seed) / "checkpoints" / "last.pt"
         overrides.append(f"model.init_from={init}")
     config = load_config(resolve_config(f"{family}/{row.config}"), overrides)
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.is_file():
+        _check_same_config(config, run_dir)
+        print(f"[{row.key} seed {seed}] finished before; not trained again")
+        return json.loads(metrics_file.read_text())
     print(f"[{row.key} seed {seed}] training {config.method.name} -> {run_dir}")
     return Trainer(config, run_dir, resume=run_dir.is_dir()).fit()
+
+
+# Keys that do not change what a row computes, so a finished row may differ in them
+# (`model.init_from` is a path spelling: the init row itself is checked the same way).
+_COSMETIC = {"name", "train.progress", "train.log_every", "model.init_from"}
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_same_config(config: Config, run_dir: Path) -> None:
+    """A finished row is reused only if it was trained with the config the suite asks for now."""
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved = _flatten(config_to_dict(load_config(saved_file)))
+    wanted = _flatten(config_to_dict(config))
+    changed = sorted(
+        k
+        for k in saved.keys() | wanted.keys()
+        if k not in _COSMETIC and saved.get(k) != wanted.get(k)
+    )
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in changed)
+        raise ApodaError(
+            f"{run_dir} finished with a different config than this suite asks for ({diffs}); "
+            "move that folder away (or pass another --runs) to train the row again"
+        )
 
 
 def _order(rows: Sequence[Row]) -> list[Row]:

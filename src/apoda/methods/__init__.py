@@ -9,12 +9,14 @@ from apoda.config import Config
 from apoda.errors import ApodaError
 from apoda.methods.apoda import Apoda
 from apoda.methods.base import Batch, Method, StepLog
+from apoda.methods.bn_adaptation import TargetBatchNorm
 from apoda.methods.output_adversarial import AdvEnt, AdvEntMinEnt, MinEnt, OutputAdversarial
 from apoda.methods.source_only import SourceOnly
 from apoda.models import Segmenter
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (SourceOnly, OutputAdversarial, AdvEnt, MinEnt, AdvEntMinEnt, Apoda)
+    cls.name: cls
+    for cls in (SourceOnly, OutputAdversarial, AdvEnt, MinEnt, AdvEntMinEnt, Apoda, TargetBatchNorm)
 }
 
 
