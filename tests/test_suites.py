@@ -49,6 +49,12 @@ def test_suite_definitions_carry_matched_controls() -> None:
         assert all(r.init is None or r.init in keys for r in rows), name
     assert {"apoda_none", "apoda"} <= {r.key for r in SUITES["table3"]}
     assert any(r.ours for r in SUITES["table3"])
+    # table1 separates what batch-norm statistics alone do from adaptation (all marked ours)
+    bn_rows = {
+        r.key: r for r in SUITES["table1"] if r.key in {"asn_bn_train", "adabn", "apoda_adabn"}
+    }
+    assert len(bn_rows) == 3 and all(r.ours for r in bn_rows.values())
+    assert bn_rows["apoda_adabn"].init == "adabn"
 
 
 def test_bad_suite_arguments(tmp_path: Path) -> None:
