@@ -14,8 +14,6 @@ import argparse
 import datetime
 import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 from apoda.errors import ApodaError
 from apoda.evaluation import evaluate
 from apoda.models import build_segmenter
+from step_time import machine  # the sibling script: one description of the machine
 
 NUM_CLASSES = 19
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -100,15 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "rows": rows,
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "device": str(device),
-            **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
-        },
+        "machine": machine(device),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "note": "random weights and images in memory; no decoding; warm-up batch untimed",
     }

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from apoda.data.classes import ClassScheme
-from apoda.data.io import SegmentationDataset, read_label_indices
-from apoda.data.transforms import AugmentConfig
+from apoda.data.io import DatasetOptions, SegmentationDataset, read_label_indices
 from apoda.errors import ApodaError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 SPLITS = ("train", "val", "test")
 _IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -32,28 +35,14 @@ class CityscapesDataset(SegmentationDataset):
         scheme: ClassScheme,
         *,
         split: str = "train",
-        size: tuple[int, int] | None = None,
-        normalisation: str = "caffe",
-        augment: AugmentConfig | None = None,
-        max_items: int | None = None,
-        seed: int = 0,
-        label_full_res: bool = False,
         labelled: bool = True,
+        **options: Unpack[DatasetOptions],
     ) -> None:
         if split not in SPLITS:
             raise ApodaError(f"unknown Cityscapes split {split!r}; expected one of {SPLITS}")
         self.split = split
         self.labelled = labelled
-        super().__init__(
-            root,
-            scheme,
-            size=size,
-            normalisation=normalisation,
-            augment=augment,
-            max_items=max_items,
-            seed=seed,
-            label_full_res=label_full_res,
-        )
+        super().__init__(root, scheme, **options)
 
     def _find_pairs(self) -> list[tuple[Path, Path | None]]:
         image_dir = self.root / "leftImg8bit" / self.split

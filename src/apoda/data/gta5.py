@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from apoda.data.classes import ClassScheme
-from apoda.data.io import SegmentationDataset, pair_by_name, read_label_indices
-from apoda.data.transforms import AugmentConfig
+from apoda.data.io import DatasetOptions, SegmentationDataset, pair_by_name, read_label_indices
 from apoda.errors import ApodaError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 class GTA5Dataset(SegmentationDataset):
@@ -25,25 +28,11 @@ class GTA5Dataset(SegmentationDataset):
         root: str | Path,
         scheme: ClassScheme,
         *,
-        size: tuple[int, int] | None = None,
-        normalisation: str = "caffe",
-        augment: AugmentConfig | None = None,
-        max_items: int | None = None,
-        seed: int = 0,
-        label_full_res: bool = False,
         list_file: str | Path | None = None,
+        **options: Unpack[DatasetOptions],
     ) -> None:
         self.list_file = None if list_file is None else Path(list_file)
-        super().__init__(
-            root,
-            scheme,
-            size=size,
-            normalisation=normalisation,
-            augment=augment,
-            max_items=max_items,
-            seed=seed,
-            label_full_res=label_full_res,
-        )
+        super().__init__(root, scheme, **options)
 
     def _find_pairs(self) -> list[tuple[Path, Path | None]]:
         image_dir, label_dir = self.root / "images", self.root / "labels"

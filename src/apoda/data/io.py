@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import cv2
 import numpy as np
@@ -18,6 +18,18 @@ from torch.utils.data import Dataset
 from apoda.data.classes import IGNORE_INDEX, ClassScheme
 from apoda.data.transforms import AugmentConfig, Normalisation, check_size, prepare_sample
 from apoda.errors import ApodaError
+
+
+class DatasetOptions(TypedDict, total=False):
+    """The keyword options every dataset passes through to `SegmentationDataset`."""
+
+    size: tuple[int, int] | None
+    normalisation: str
+    augment: AugmentConfig | None
+    max_items: int | None
+    seed: int
+    label_full_res: bool
+
 
 _PIL_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)
 

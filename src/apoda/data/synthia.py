@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from apoda.data.classes import ClassScheme
-from apoda.data.io import SegmentationDataset, pair_by_name, read_synthia_label
-from apoda.data.transforms import AugmentConfig
+from apoda.data.io import DatasetOptions, SegmentationDataset, pair_by_name, read_synthia_label
 from apoda.errors import ApodaError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 class SynthiaDataset(SegmentationDataset):
@@ -22,27 +25,12 @@ class SynthiaDataset(SegmentationDataset):
         self,
         root: str | Path,
         scheme: ClassScheme,
-        *,
-        size: tuple[int, int] | None = None,
-        normalisation: str = "caffe",
-        augment: AugmentConfig | None = None,
-        max_items: int | None = None,
-        seed: int = 0,
-        label_full_res: bool = False,
+        **options: Unpack[DatasetOptions],
     ) -> None:
         if scheme.synthia_lut is None:
             raise ApodaError(f"class scheme {scheme.name!r} has no SYNTHIA id mapping")
         self._lut: np.ndarray = scheme.synthia_lut
-        super().__init__(
-            root,
-            scheme,
-            size=size,
-            normalisation=normalisation,
-            augment=augment,
-            max_items=max_items,
-            seed=seed,
-            label_full_res=label_full_res,
-        )
+        super().__init__(root, scheme, **options)
 
     def _find_pairs(self) -> list[tuple[Path, Path | None]]:
         return pair_by_name(self.root, self.root / "RGB", self.root / "GT" / "LABELS", self.layout)

@@ -197,7 +197,30 @@ def _init_conv(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class Bottleneck(nn.Module):
+class _Bottleneck3(nn.Module):
+    """1x1, 3x3, 1x1 convolutions each with batch norm, plus the (projected) input, then ReLU;
+    subclasses build conv1-3, bn1-3, relu and downsample."""
+
+    conv1: nn.Conv2d
+    conv2: nn.Conv2d
+    conv3: nn.Conv2d
+    bn1: nn.BatchNorm2d
+    bn2: nn.BatchNorm2d
+    bn3: nn.BatchNorm2d
+    relu: nn.ReLU
+    downsample: nn.Module | None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual bottleneck."""
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += identity
+        return self.relu(out)
+
+
+class Bottleneck(_Bottleneck3):
     """Caffe-style DeepLab-v2 bottleneck: the stride sits on the first 1x1 conv, the 3x3 conv
     carries the dilation (padding = dilation), expansion 4."""
 
@@ -222,15 +245,6 @@ class Bottleneck(nn.Module):
         self.bn3 = norm(out)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Residual bottleneck."""
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        out += identity
-        return self.relu(out)
 
 
 def _resnet_layer(
@@ -354,7 +368,7 @@ class BasicBlock(nn.Module):
         return self.relu(out)
 
 
-class SmallBottleneck(nn.Module):
+class SmallBottleneck(_Bottleneck3):
     """1x1 reduce, dilated 3x3, 1x1 expand, residual: cheap width for the stride-8 stages."""
 
     def __init__(
@@ -378,15 +392,6 @@ class SmallBottleneck(nn.Module):
             self.downsample = nn.Sequential(
                 nn.Conv2d(inplanes, planes, 1, bias=False), norm(planes)
             )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Residual bottleneck."""
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        out += identity
-        return self.relu(out)
 
 
 def small(bn_mode: BNMode = "train") -> Backbone:
