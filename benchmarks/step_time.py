@@ -67,6 +67,7 @@ class Setting:
 DEFAULTS = {
     "small": Setting("small", "small", (64, 128), (64, 128), 8),  # MiniCity steps 2-3
     "r101": Setting("r101", "resnet101", (256, 512), (256, 512), 1),  # CPU-feasible DeepLab-v2
+    "vgg16": Setting("vgg16", "vgg16", (256, 512), (256, 512), 1),
 }
 
 
@@ -333,7 +334,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--iters", type=int, default=5, help="timed iterations per method")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations per method first")
-    p.add_argument("--backbones", nargs="+", default=["small", "r101"], help="small and/or r101")
+    p.add_argument(
+        "--backbones", nargs="+", default=["small", "r101"], help="small, r101 and/or vgg16"
+    )
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--size", help="HxW or HxW,HxW (source,target) for every chosen backbone")
     p.add_argument("--batch", type=int, help="batch size for every chosen backbone")
