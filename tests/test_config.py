@@ -86,3 +86,10 @@ def test_bad_yaml_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(ApodaError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
     assert isinstance(load_config(None), Config)
+
+
+def test_schedule_lengths_are_checked() -> None:
+    with pytest.raises(ApodaError, match=r"train\.iterations must be at least 1, got 0"):
+        load_config(None, ["train.iterations=0"])
+    with pytest.raises(ApodaError, match=r"train.eval_every must be 0 \(off\) or more, got -5"):
+        load_config(None, ["train.eval_every=-5"])

@@ -17,7 +17,7 @@ import yaml
 
 from apoda.config import load_config
 from apoda.configs import resolve_config
-from apoda.engine.checkpoint import load_checkpoint, save_checkpoint
+from apoda.engine.checkpoint import cut_free_key, load_checkpoint, save_checkpoint
 from apoda.engine.trainer import Trainer
 from apoda.errors import ApodaError
 from apoda.methods import Method
@@ -194,6 +194,32 @@ def test_apoda_from_step1_keeps_g_bit_identical(tmp_path: Path) -> None:
         "attack/target/grad_adv/k0",
         "attack/source/l2/k2",
     } <= set(last)
+
+
+@pytest.mark.parametrize("cut", ["pixel", "layer2"])
+def test_step1_at_layer4_initialises_apoda_cut_elsewhere(tmp_path: Path, cut: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    Trainer(_config("train.iterations=1", "train.eval_every=0"), tmp_path / "so").fit()
+    init = tmp_path / "so" / "checkpoints" / "last.pt"
+    cfg = load_config(
+        resolve_config("minicity/apoda"),
+        [
+            *TINY,
+            "train.iterations=1",
+            "train.eval_every=0",
+            "optim.lr=0",
+            f"model.init_from={init}",
+            f"model.cut={cut}",
+        ],
+    )
+    Trainer(cfg, tmp_path / cut).fit()
+    assert f"re-cut from layer4 to {cut}" in capsys.readouterr().out
+    # the same network: every weight of step 1 arrives under the new cut's name
+    before, after = _params(init), _params(tmp_path / cut)
+    assert sorted(map(cut_free_key, before)) == sorted(map(cut_free_key, after))
+    renamed = {cut_free_key(k): v for k, v in after.items()}
+    weights = [k for k in before if not k.endswith(("running_mean", "running_var", "_tracked"))]
+    assert all(torch.equal(before[k], renamed[cut_free_key(k)]) for k in weights)  # lr 0
+    assert any(k.startswith("classifier.backbone.") for k in after)
 
 
 def test_checkpoint_of_another_class_count_is_refused(tmp_path: Path) -> None:

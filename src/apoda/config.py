@@ -104,6 +104,13 @@ class TrainConfig:
     samples: int = 6
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ApodaError(f"train.iterations must be at least 1, got {self.iterations}")
+        for key in ("eval_every", "log_every", "checkpoint_every", "samples"):
+            if getattr(self, key) < 0:
+                raise ApodaError(f"train.{key} must be 0 (off) or more, got {getattr(self, key)}")
+
 
 @dataclass
 class Config:

@@ -25,6 +25,7 @@ from apoda.data import ClassScheme, SegmentationDataset
 from apoda.engine.checkpoint import (
     load_checkpoint,
     load_module_state,
+    recut_segmenter_state,
     save_checkpoint,
 )
 from apoda.engine.data import CyclingLoader, RunData, build_run_data, source_stats
@@ -78,11 +79,15 @@ def build_model(config: Config, num_classes: int, log: Callable[[str], None] = p
         load_pretrained(segmenter, path, log=log)
     if model.init_from:
         state = load_checkpoint(model.init_from)
-        load_module_state(
-            segmenter, state["modules"]["segmenter"], "segmenter", Path(model.init_from)
-        )
+        # A step-1 checkpoint cut elsewhere is the same network: rename its keys to this cut
+        # (Table 4 perturbs at pixel ... layer4 from one layer4 step 1).
+        weights = recut_segmenter_state(state["modules"]["segmenter"], list(segmenter.state_dict()))
+        load_module_state(segmenter, weights, "segmenter", Path(model.init_from))
+        saved_cut = state.get("config", {}).get("model", {}).get("cut", model.cut)
+        recut = f", re-cut from {saved_cut} to {model.cut}" if saved_cut != model.cut else ""
         log(
-            f"initialised the segmenter from {model.init_from} (iteration {state.get('iteration')})"
+            f"initialised the segmenter from {model.init_from} "
+            f"(iteration {state.get('iteration')}{recut})"
         )
     return segmenter
 
