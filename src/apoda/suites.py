@@ -97,7 +97,7 @@ SUITES: dict[str, tuple[Row, ...]] = {
             Row(f"cut_{cut}", f"perturb at {cut}", "apoda", (f"model.cut={cut}",))
             for cut in ("pixel", "layer1", "layer2", "layer3")
         ),
-        Row("cut_layer4", "perturb at layer4 (paper)", "apoda"),
+        Row("apoda", "perturb at layer4 (paper: APODA)", "apoda"),  # table1's APODA row
     ),
     "table5": (
         STEP1,
