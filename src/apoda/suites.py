@@ -94,7 +94,14 @@ SUITES: dict[str, tuple[Row, ...]] = {
         STEP1,
         MATCHED,
         *(
-            Row(f"cut_{cut}", f"perturb at {cut}", "apoda", (f"model.cut={cut}",))
+            # Cut below layer4, F holds backbone stages: their batch norm stays frozen, as in the
+            # paper's ResNet-101, or F's train-mode BN would re-estimate on target (AdaBN).
+            Row(
+                f"cut_{cut}",
+                f"perturb at {cut}",
+                "apoda",
+                (f"model.cut={cut}", "model.bn_mode=frozen"),
+            )
             for cut in ("pixel", "layer1", "layer2", "layer3")
         ),
         Row("apoda", "perturb at layer4 (paper: APODA)", "apoda"),  # table1's APODA row
