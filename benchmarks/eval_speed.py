@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import sys
 import time
@@ -24,7 +23,11 @@ import torch
 from apoda.errors import ApodaError
 from apoda.evaluation import evaluate
 from apoda.models import build_segmenter
-from step_time import machine  # the sibling script: one description of the machine
+from step_time import (  # the sibling script: one description of the machine
+    machine,
+    print_markdown,
+    write_results,
+)
 
 NUM_CLASSES = 19
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -128,16 +131,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     result = run(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print("| arch | batch | images | in -> out | s/image | images/s |")
-    print("|---|---|---|---|---|---|")
-    for r in result["rows"]:
-        print(
-            f"| {r['arch']} | {r['batch']} | {r['images']} | {r['input']} -> {r['output']} | "
-            f"{r['sec_per_image']:.2f} | {r['images_per_sec']:.3f} |"
-        )
+    out = write_results(result, args.out)
+    print_markdown(
+        ["arch", "batch", "images", "in -> out", "s/image", "images/s"],
+        [
+            [
+                str(r["arch"]),
+                str(r["batch"]),
+                str(r["images"]),
+                f"{r['input']} -> {r['output']}",
+                f"{r['sec_per_image']:.2f}",
+                f"{r['images_per_sec']:.3f}",
+            ]
+            for r in result["rows"]
+        ],
+    )
     print(f"peak RSS {result['peak_rss_mb']:.0f} MiB; wrote {out}")
     return 0
 

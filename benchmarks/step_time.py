@@ -296,13 +296,28 @@ def machine(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def write_results(result: dict[str, Any], out: str | Path) -> Path:
+    """The benchmark's JSON, written where its README reads it."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return path
+
+
+def print_markdown(head: list[str], rows: list[list[str]]) -> None:
+    """A Markdown table (what the benchmarks' README quotes)."""
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for cells in rows:
+        print("| " + " | ".join(cells) + " |")
+
+
 def print_table(rows: list[dict]) -> None:
     """A Markdown table of the rows."""
     mem_key = "peak_gpu_mb" if any("peak_gpu_mb" in r for r in rows) else "peak_rss_mb"
     head = ["method", "backbone", "size", "s/iter (median)", "min-max", "CPU s/iter"]
     head += ["GFLOP/iter", mem_key]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
+    table = []
     for r in rows:
         cells = [
             r["method"],
@@ -314,7 +329,8 @@ def print_table(rows: list[dict]) -> None:
             f"{r['gflop_per_iter']:.1f}",
             str(r.get(mem_key, "-")),
         ]
-        print("| " + " | ".join(cells) + " |")
+        table.append(cells)
+    print_markdown(head, table)
 
 
 def settings_from(args: argparse.Namespace) -> list[Setting]:
@@ -396,8 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             "order": "round-robin over methods in one process",
         },
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_results(result, out)
     print()
     print_table(rows)
     print("\nratios of median s/iter:", json.dumps(result["ratios"]))

@@ -13,11 +13,18 @@ import argparse
 import datetime
 import json
 import sys
-from pathlib import Path
 
 import torch
 
-from step_time import DEFAULTS, RESULTS, Setting, machine, measure_memory_subprocess
+from step_time import (
+    DEFAULTS,
+    RESULTS,
+    Setting,
+    machine,
+    measure_memory_subprocess,
+    print_markdown,
+    write_results,
+)
 
 SOURCE, TARGET = (720, 1280), (512, 1024)
 
@@ -51,15 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "note": "peak RSS of a fresh process over two train_steps (CPU); not GPU memory",
     }
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print("\n| backbone | method | size | peak RSS MB | of which the step MB |")
-    print("|---|---|---|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['backbone']} | {r['method']} | {r['size']} | {r['peak_rss_mb']} "
-            f"| {r['step_increase_mb']} |"
-        )
-    print(f"wrote {args.out}")
+    out = write_results(result, args.out)
+    print()
+    keys = ["backbone", "method", "size", "peak_rss_mb", "step_increase_mb"]
+    print_markdown(keys, [[str(r[k]) for k in keys] for r in rows])
+    print(f"wrote {out}")
     return 0
 
 
