@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -139,19 +140,21 @@ def test_unknown_method_is_named() -> None:
 def test_adabn_replaces_bn_statistics_by_the_targets_and_trains_no_weight() -> None:
     method = _method("adabn", "model.bn_mode=train")
     src, tgt = _batches()
+    tgt2 = {"image": _batches(seed=1)[1]["image"] * 3 + 2, "label": tgt["label"]}
     tgt["image"] = tgt["image"] * 3 + 2  # a target domain with other statistics
     before = {n: p.clone() for n, p in method.segmenter.named_parameters()}
     method.segmenter.train()
     method.train_step(src, tgt, 0)
-    method.train_step(src, tgt, 1)
+    method.train_step(src, tgt2, 1)
     assert all(torch.equal(p, before[n]) for n, p in method.segmenter.named_parameters())
     modules = dict(method.segmenter.named_modules())
     conv = next(m for m in modules.values() if isinstance(m, torch.nn.Conv2d))
     first = next(m for m in modules.values() if isinstance(m, torch.nn.BatchNorm2d))
-    # the first BN's running mean is now exactly the mean of its input over the target batches
+    # the first BN's running mean is now exactly the mean of its input over both target batches
+    # (a cumulative average: neither the source statistics nor only the last batch)
     with torch.no_grad():
-        conv_out = conv(tgt["image"])
-    expected = conv_out.mean((0, 2, 3))
+        conv_out = torch.stack([conv(t["image"]).mean((0, 2, 3)) for t in (tgt, tgt2)])
+    expected = conv_out.mean(0)
     assert torch.allclose(first.running_mean, expected, atol=1e-5)
     assert int(first.num_batches_tracked) == 2
 
@@ -159,3 +162,19 @@ def test_adabn_replaces_bn_statistics_by_the_targets_and_trains_no_weight() -> N
 def test_adabn_needs_train_mode_batch_norm() -> None:
     with pytest.raises(ApodaError, match=r"bn_mode=train.*got bn_mode='frozen'"):
         _method("adabn", "model.bn_mode=frozen")
+
+
+def test_apoda_warns_when_a_low_cut_puts_train_mode_batch_norm_into_f() -> None:
+    def build(cut: str, bn_mode: str):  # type: ignore[no-untyped-def]
+        cfg = load_config(
+            None, ["method.name=apoda", f"model.cut={cut}", f"model.bn_mode={bn_mode}"]
+        )
+        seg = build_segmenter("small", C, cut=cut, bn_mode=bn_mode)  # type: ignore[arg-type]
+        return build_method(seg, cfg, torch.device("cpu"))
+
+    with pytest.warns(UserWarning, match=r"cut at layer2 puts \d+ batch-norm layers into F"):
+        build("layer2", "train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build("layer4", "train")  # F is the ASPP head: no batch norm in it
+        build("layer2", "frozen")

@@ -4,8 +4,10 @@ and perturbed outputs alike."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from apoda.attacks import perturb_features
 from apoda.losses import consistency_loss, domain_loss, entropy_loss
@@ -20,6 +22,16 @@ class Apoda(Method):
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         self.segmenter.freeze_feature_extractor()
+        in_f = [m for m in self.segmenter.classifier.modules() if isinstance(m, nn.BatchNorm2d)]
+        model = self.config.model
+        if in_f and model.bn_mode in ("train", "legacy"):
+            warnings.warn(
+                f"the cut at {model.cut} puts {len(in_f)} batch-norm layers into F with "
+                f"bn_mode={model.bn_mode!r}: target images will re-estimate their "
+                "statistics (AdaBN), which the paper's frozen-BN ResNet-101 does not do; set "
+                "model.bn_mode=frozen to compare with it",
+                stacklevel=2,
+            )
         self.optimizers["segmenter"] = self.segmenter_optimizer()
         disc, opt = self.discriminator()
         self.modules["discriminator"] = disc
