@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import math
 
 import pytest
@@ -260,7 +262,7 @@ def test_parameter_groups_lr() -> None:
     assert by_name["backbone"]["lr"] == pytest.approx(0.01)
     assert by_name["classifier"]["lr"] == pytest.approx(0.1)
     assert by_name["classifier"]["lr_mult"] == 10.0
-    heads = {id(p) for m in (seg.classifier.head, seg.aux_classifier) for p in m.parameters()}
+    heads = {id(p) for m in (seg.head, seg.aux_head) for p in m.parameters()}
     assert {id(p) for p in by_name["classifier"]["params"]} == heads
     grouped = [id(p) for g in groups for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in seg.parameters())
@@ -269,15 +271,15 @@ def test_parameter_groups_lr() -> None:
 
 def test_parameter_groups_skip_frozen_batch_norm() -> None:
     r101 = build_segmenter("resnet101", 3, multi_level=True)
-    assert r101.aux_classifier is not None
-    assert r101.aux_classifier.conv2d_list[0].in_channels == 1024
-    assert r101.classifier.head.conv2d_list[0].in_channels == 2048
+    assert r101.aux_head is not None
+    assert r101.aux_head.conv2d_list[0].in_channels == 1024
+    assert r101.head.conv2d_list[0].in_channels == 2048
     grouped = {id(p) for g in r101.parameter_groups(1.0) for p in g["params"]}
     bn_params = {
         id(p) for m in r101.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()
     }
     assert bn_params and not grouped & bn_params
-    assert "feature_extractor.layer4.2.conv3.weight" in r101.state_dict()
+    assert "backbone.layer4.2.conv3.weight" in r101.state_dict()
 
 
 def test_multi_level_outputs() -> None:
@@ -289,8 +291,8 @@ def test_multi_level_outputs() -> None:
         assert torch.equal(main, seg(x))
         layer3 = seg.feature_extractor.forward_with_taps(x, ("layer3",))[1]["layer3"]
         assert layer3.shape[1] == 192
-        assert seg.aux_classifier is not None
-        assert torch.equal(aux, upsample_logits(seg.aux_classifier(layer3), (40, 56)))
+        assert seg.aux_head is not None
+        assert torch.equal(aux, upsample_logits(seg.aux_head(layer3), (40, 56)))
     assert aux.shape == main.shape == (2, 6, 40, 56)
     assert not torch.equal(main, aux)
 
@@ -321,9 +323,61 @@ def test_state_dict_round_trip() -> None:
     assert not torch.equal(a(x), b(x))
     b.load_state_dict(a.state_dict())
     assert torch.equal(a(x), b(x))
-    assert "feature_extractor.layer1.0.conv1.weight" in a.state_dict()
-    assert "classifier.backbone.layer4.1.conv2.weight" in a.state_dict()
-    assert "classifier.head.conv2d_list.3.bias" in a.state_dict()
+    assert "backbone.layer1.0.conv1.weight" in a.state_dict()
+    assert "backbone.layer4.1.conv2.weight" in a.state_dict()
+    assert "head.conv2d_list.3.bias" in a.state_dict()
+
+
+@pytest.mark.parametrize("arch", ["small", "vgg16"])
+def test_checkpoint_keys_do_not_depend_on_the_cut(arch: str) -> None:
+    """Parameter names are the network's own; G and F are views, so any cut loads any other."""
+    keys = {
+        cut: list(build_segmenter(arch, 3, cut=cut).state_dict())  # type: ignore[arg-type]
+        for cut in ("pixel", "layer1", "layer2", "layer3", "layer4")
+    }
+    assert all(k == keys["layer4"] for k in keys.values())
+    assert all(k.startswith(("backbone.", "head.")) for k in keys["layer4"])
+    torch.manual_seed(0)
+    layer4 = build_segmenter(arch, 3, cut="layer4").eval()  # type: ignore[arg-type]
+    layer2 = build_segmenter(arch, 3, cut="layer2").eval()  # type: ignore[arg-type]
+    layer2.load_state_dict(layer4.state_dict())
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        assert torch.equal(layer2(x), layer4(x))
+        assert torch.equal(layer2.classify(layer2.features(x), (32, 48)), layer4(x))
+
+
+def test_a_checkpoint_of_the_cut_dependent_layout_still_loads() -> None:
+    """A file written by apoda 0.1 (keys `feature_extractor.*`, `classifier.backbone.*`,
+    `classifier.head.*`): its logits on its stored input are reproduced bit for bit."""
+    from apoda.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(Path(__file__).parent / "fixtures" / "legacy_small_layer4.pt")
+    weights = state["modules"]["segmenter"]
+    assert any(k.startswith("feature_extractor.") for k in weights)
+    for cut in ("layer4", "layer2"):
+        seg = build_segmenter("small", 19, cut=cut, bn_mode="train")  # type: ignore[arg-type]
+        seg.load_state_dict(weights)
+        with torch.no_grad():
+            logits = seg.eval()(state["reference"]["input"])
+        assert torch.equal(logits, state["reference"]["logits"])
+
+
+@pytest.mark.parametrize("arch", ["resnet101", "small"])
+def test_frozen_batch_norm_holds_from_construction(arch: str) -> None:
+    """No `.train()`/`.eval()` call first: a forward must not touch any running statistic."""
+    torch.manual_seed(0)
+    seg = build_segmenter(arch, 19, bn_mode="frozen")  # type: ignore[arg-type]
+    stats = {k: v.clone() for k, v in seg.state_dict().items() if "running" in k}
+    assert stats
+    with torch.no_grad():
+        seg(torch.randn(2, 3, 33, 41) * 3 + 1)
+    after = seg.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in stats.items())
+    seg.train()
+    with torch.no_grad():
+        seg(torch.randn(2, 3, 33, 41))
+    assert all(torch.equal(v, seg.state_dict()[k]) for k, v in stats.items())
 
 
 def test_discriminator_structure_and_shape() -> None:

@@ -13,7 +13,6 @@ from PIL import Image
 
 from apoda.errors import ApodaError
 from apoda.report import (
-    _moving_average,
     plot_class_distribution,
     plot_curves,
     plot_gradient_intensity,
@@ -22,6 +21,7 @@ from apoda.report import (
     read_run,
     write_report,
 )
+from apoda.report.plots import _moving_average
 
 CLASSES = ["road", "car", "sign", "bike"]
 TAIL = ["sign", "bike"]

@@ -58,7 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.iterations=50")
     p.add_argument("--out", help="run folder (default runs/NAME)")
     p.add_argument(
-        "--resume", action="store_true", help="continue the run from its last checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run from its last checkpoint; the config and overrides must match "
+        "the run's (train.iterations may grow: the run is extended)",
     )
     p.add_argument("--overwrite", action="store_true", help="start an existing run folder again")
 
@@ -147,14 +150,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from apoda.config import load_config
     from apoda.configs import resolve_config
     from apoda.engine.trainer import Trainer
+    from apoda.pretrain import resolve_pretrained
 
-    run_dir = Path(args.out) if args.out else None
-    if args.resume and run_dir is not None and (run_dir / "config.yaml").is_file():
-        config = load_config(run_dir / "config.yaml")
-    else:
-        config = load_config(resolve_config(args.config), args.overrides)
-    run_dir = run_dir or Path("runs") / config.name
-    metrics = Trainer(config, run_dir, resume=args.resume, overwrite=args.overwrite).fit()
+    config = load_config(resolve_config(args.config), args.overrides)
+    run_dir = Path(args.out) if args.out else Path("runs") / config.name
+    trainer = Trainer(
+        config,
+        run_dir,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        pretrained_file=resolve_pretrained(config),
+    )
+    metrics = trainer.fit()
     _print_metrics(metrics)
     print(f"run folder: {run_dir}")
     return 0

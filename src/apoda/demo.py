@@ -12,7 +12,9 @@ from apoda.config import Config, load_config
 from apoda.configs import resolve_config
 from apoda.engine.trainer import Trainer
 from apoda.evaluation import format_table
+from apoda.pretrain import resolve_pretrained
 from apoda.report import read_run, write_report
+from apoda.runs import finished_metrics
 
 # A much shorter schedule on a small MiniCity, for smoke tests and CI.
 FAST_OVERRIDES = [
@@ -52,13 +54,22 @@ def demo_configs(out: Path, fast: bool) -> dict[str, Config]:
 
 
 def _train(config: Config, run_dir: Path, overwrite: bool) -> dict[str, Any]:
-    """Train one run, or reuse it when it already finished (a killed demo resumes)."""
-    metrics_file = run_dir / "metrics.json"
-    if metrics_file.is_file() and not overwrite:
-        print(f"reusing finished run {run_dir}")
-        return json.loads(metrics_file.read_text())
+    """Train one run, or reuse it when it already finished with this config (a killed demo
+    resumes; a finished run of another config, e.g. `--fast`, is refused by name)."""
+    if not overwrite:
+        metrics = finished_metrics(run_dir, config)
+        if metrics is not None:
+            print(f"reusing finished run {run_dir}")
+            return metrics
     resume = run_dir.is_dir() and not overwrite
-    return Trainer(config, run_dir, resume=resume, overwrite=overwrite).fit()
+    trainer = Trainer(
+        config,
+        run_dir,
+        resume=resume,
+        overwrite=overwrite,
+        pretrained_file=resolve_pretrained(config),
+    )
+    return trainer.fit()
 
 
 def run_demo(out: Path, fast: bool = False, overwrite: bool = False) -> dict[str, Any]:

@@ -17,9 +17,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from apoda.data.classes import IGNORE_INDEX, ClassScheme, scheme_palette
+from apoda.distributed import rank_and_world, sum_over_ranks
 from apoda.errors import ApodaError
 
 
@@ -176,6 +178,32 @@ def metrics_dict(
             key: _percent(_nanmean(iou[list(idx)])) for key, idx in scheme.eval_subsets.items()
         }
     return out
+
+
+def evaluate_segmenter(
+    segmenter: nn.Module,
+    dataset: Dataset[Any],
+    scheme: ClassScheme,
+    tail: list[str],
+    device: torch.device,
+    batch_size: int,
+    name: str,
+    split: str,
+    iteration: int | None = None,
+    checkpoint: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score a segmenter on a labelled split: each rank scores its shard, and one confusion
+    matrix summed over ranks gives the 1-process metrics."""
+    rank, world = rank_and_world()
+    shard: Dataset[Any] = dataset
+    if world > 1:
+        shard = Subset(dataset, list(range(rank, len(dataset), world)))  # type: ignore[arg-type]
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False)
+    cm = evaluate(
+        segmenter, loader, scheme.num_classes, device, progress=progress, reduce=sum_over_ranks
+    )
+    return metrics_dict(cm, scheme, tail, name, split, iteration=iteration, checkpoint=checkpoint)
 
 
 def _cell(value: float | None) -> str:

@@ -16,9 +16,10 @@ from apoda.data import SegmentationDataset, build_dataset, get_scheme
 from apoda.data.classes import ClassScheme, colorize
 from apoda.data.io import read_rgb
 from apoda.data.transforms import Normalisation, resize_image
+from apoda.distributed import resolve_device
 from apoda.engine.checkpoint import load_checkpoint, load_module_state
-from apoda.engine.trainer import evaluate_segmenter, resolve_device
 from apoda.errors import ApodaError
+from apoda.evaluation import evaluate_segmenter
 from apoda.models import Segmenter, build_segmenter, upsample_logits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -34,7 +35,7 @@ def load_segmenter(path: str | Path) -> tuple[Segmenter, Config, dict[str, Any]]
     """Rebuild the segmenter a checkpoint was trained with and load its weights."""
     path = checkpoint_path(path)
     state = load_checkpoint(path)
-    config = config_from_dict(state["config"])
+    config = config_from_dict(state["config"], saved=True)
     scheme = get_scheme(config.data.scheme)
     model = config.model
     segmenter = build_segmenter(

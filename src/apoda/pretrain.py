@@ -12,12 +12,11 @@ import torch
 
 from apoda.config import Config, load_config
 from apoda.configs import resolve_config
-from apoda.data.minicity import cache_dir
-from apoda.engine.checkpoint import cut_free_key, load_checkpoint
+from apoda.engine.checkpoint import load_checkpoint
 from apoda.engine.trainer import Trainer
-
-BUILTIN = "builtin:minicity-randomised"
-"""The `model.pretrained` value that names this stage's output (trained when not cached)."""
+from apoda.errors import ApodaError
+from apoda.models.build import BUILTIN_PRETRAINED, builtin_pretrained_path
+from apoda.models.segmenter import upgrade_state_keys
 
 
 def _randomised_count(config: Config, base: Config) -> int:
@@ -25,14 +24,17 @@ def _randomised_count(config: Config, base: Config) -> int:
     return config.data.minicity.n_randomised or base.data.minicity.n_randomised
 
 
-def pretrained_path(config: Config, iterations: int, n_randomised: int) -> Path:
-    """Where the pretrained backbone for these MiniCity settings is cached."""
-    s = config.data.minicity
-    name = (
-        f"{config.model.arch}-minicity-randomised-{s.height}x{s.width}-n{n_randomised}"
-        f"-s{s.seed}-i{iterations}"
-    )
-    return cache_dir() / "pretrained" / f"{name}.pth"
+def resolve_pretrained(config: Config) -> Path | None:
+    """The weights file of a built-in `model.pretrained` (pretrained now when not cached), or
+    None when the config names no built-in weights. Called before a run's Trainer exists."""
+    name = config.model.pretrained
+    if not name or not name.startswith("builtin:"):
+        return None
+    if name != BUILTIN_PRETRAINED:
+        raise ApodaError(
+            f"model.pretrained {name!r}: the built-in weights are {BUILTIN_PRETRAINED}"
+        )
+    return pretrain_minicity(config)
 
 
 def pretrain_minicity(config: Config, iterations: int | None = None) -> Path:
@@ -40,7 +42,7 @@ def pretrain_minicity(config: Config, iterations: int | None = None) -> Path:
     base = load_config(resolve_config("minicity/pretrain"))
     iterations = iterations or base.train.iterations
     n_randomised = _randomised_count(config, base)
-    target = pretrained_path(config, iterations, n_randomised)
+    target = builtin_pretrained_path(config, iterations, n_randomised)
     if target.is_file():
         return target
     settings = config.data.minicity
@@ -65,9 +67,10 @@ def pretrain_minicity(config: Config, iterations: int | None = None) -> Path:
         resume=run_dir.is_dir(),
     ).fit()
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["modules"]["segmenter"]
-    free = {cut_free_key(key): value for key, value in state.items()}
     backbone = {
-        k.removeprefix("backbone."): v for k, v in free.items() if k.startswith("backbone.")
+        k.removeprefix("backbone."): v
+        for k, v in upgrade_state_keys(state).items()
+        if k.startswith("backbone.")
     }
     tmp = target.with_suffix(".tmp")
     torch.save(backbone, tmp)

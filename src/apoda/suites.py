@@ -4,7 +4,8 @@ Every row of a suite starts from the same step-1 (source-only) checkpoint of its
 for the same number of iterations, so that a difference between rows is the one ingredient that
 the rows switch, not extra training: "source only (matched)" continues step 1 for as long as the
 adapted rows train. Rows marked `ours` go beyond the paper and are labelled so in every table.
-A finished row (its metrics.json exists) is not trained again: suites resume."""
+A finished row is not trained again (suites resume), provided it was trained with the config
+the suite asks for now (`apoda.runs.finished_metrics`)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apoda.config import Config, config_to_dict, load_config
+from apoda.config import load_config
 from apoda.configs import resolve_config
 from apoda.engine.trainer import Trainer
 from apoda.errors import ApodaError
+from apoda.pretrain import resolve_pretrained
+from apoda.runs import finished_metrics
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,7 @@ BN_CONTROLS = (
     Row(
         "adabn",
         "source only + BN statistics re-estimated on target (AdaBN)",
-        "source_only_continue",
-        ("method.name=adabn", "model.bn_mode=train"),
+        "adabn",
         ours=True,
     ),
     Row("apoda_adabn", "APODA from AdaBN", "apoda", init="adabn", ours=True),
@@ -180,48 +182,15 @@ def _train_row(row: Row, family: str, out: Path, seed: int, extra: Sequence[str]
         init = _run_dir(out, Row(row.init, "", ""), seed) / "checkpoints" / "last.pt"
         overrides.append(f"model.init_from={init}")
     config = load_config(resolve_config(f"{family}/{row.config}"), overrides)
-    metrics_file = run_dir / "metrics.json"
-    if metrics_file.is_file():
-        _check_same_config(config, run_dir)
+    metrics = finished_metrics(run_dir, config)
+    if metrics is not None:
         print(f"[{row.key} seed {seed}] finished before; not trained again")
-        return json.loads(metrics_file.read_text())
+        return metrics
     print(f"[{row.key} seed {seed}] training {config.method.name} -> {run_dir}")
-    return Trainer(config, run_dir, resume=run_dir.is_dir()).fit()
-
-
-# Keys that do not change what a row computes, so a finished row may differ in them
-# (`model.init_from` is a path spelling: the init row itself is checked the same way).
-_COSMETIC = {"name", "train.progress", "train.log_every", "model.init_from"}
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _check_same_config(config: Config, run_dir: Path) -> None:
-    """A finished row is reused only if it was trained with the config the suite asks for now."""
-    saved_file = run_dir / "config.yaml"
-    if not saved_file.is_file():
-        return
-    saved = _flatten(config_to_dict(load_config(saved_file)))
-    wanted = _flatten(config_to_dict(config))
-    changed = sorted(
-        k
-        for k in saved.keys() | wanted.keys()
-        if k not in _COSMETIC and saved.get(k) != wanted.get(k)
+    trainer = Trainer(
+        config, run_dir, resume=run_dir.is_dir(), pretrained_file=resolve_pretrained(config)
     )
-    if changed:
-        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in changed)
-        raise ApodaError(
-            f"{run_dir} finished with a different config than this suite asks for ({diffs}); "
-            "move that folder away (or pass another --runs) to train the row again"
-        )
+    return trainer.fit()
 
 
 def _order(rows: Sequence[Row]) -> list[Row]:

@@ -51,24 +51,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-_BACKBONE_PREFIXES = ("feature_extractor.", "classifier.backbone.")
-
-
-def cut_free_key(key: str) -> str:
-    """A segmenter key without the G/F cut: `backbone.<key>` for backbone tensors."""
-    for prefix in _BACKBONE_PREFIXES:
-        if key.startswith(prefix):
-            return "backbone." + key[len(prefix) :]
-    return key
-
-
-def recut_segmenter_state(state: dict[str, Any], target_keys: list[str]) -> dict[str, Any]:
-    """Rename a segmenter state dict saved at one cut point to another cut's key layout
-    (the weights are the same network's; only where G ends differs)."""
-    by_free = {cut_free_key(k): k for k in target_keys}
-    return {by_free.get(cut_free_key(k), k): v for k, v in state.items()}
-
-
 def load_module_state(
     module: torch.nn.Module, state: dict[str, Any], name: str, path: Path
 ) -> None:

@@ -14,20 +14,16 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from apoda.config import Config, DataConfig
+from apoda.config import SOURCES, TARGETS, Config, DataConfig
 from apoda.data import ClassScheme, SegmentationDataset, build_dataset, get_scheme
 from apoda.data.transforms import AugmentConfig
 from apoda.errors import ApodaError
 
-# "cityscapes" and "minicity_target" as a source train on target labels: the oracle;
-# "minicity_randomised" is MiniCity's domain-randomised split (backbone pretraining).
-SOURCES = ("gta5", "synthia", "minicity", "cityscapes", "minicity_target", "minicity_randomised")
 MINICITY_FOLDERS = {
     "minicity": "source",
     "minicity_target": "target",
     "minicity_randomised": "randomised",
 }
-TARGETS = ("cityscapes", "minicity")
 
 
 def minicity_root(data: DataConfig) -> Path:

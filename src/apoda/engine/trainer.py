@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,79 +15,23 @@ from typing import Any
 import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from apoda.config import Config, config_to_dict, load_config, save_config
-from apoda.data import ClassScheme, SegmentationDataset
-from apoda.engine.checkpoint import (
-    load_checkpoint,
-    load_module_state,
-    recut_segmenter_state,
-    save_checkpoint,
+from apoda import runs
+from apoda.config import Config, config_to_dict, save_config
+from apoda.distributed import (
+    barrier,
+    init_distributed,
+    mean_over_ranks,
+    resolve_device,
 )
+from apoda.engine.checkpoint import load_checkpoint, save_checkpoint
 from apoda.engine.data import CyclingLoader, RunData, build_run_data, source_stats
-from apoda.engine.distributed import barrier, init_distributed, mean_over_ranks, sum_over_ranks
-from apoda.engine.run_log import RunLog
 from apoda.errors import ApodaError
-from apoda.evaluation import evaluate, metrics_dict
-from apoda.losses import class_weights
-from apoda.methods import Method, build_method
+from apoda.evaluation import evaluate_segmenter
+from apoda.methods import Method, RunContext, build_method
 from apoda.methods.base import NonFiniteError
-from apoda.models import Segmenter, build_segmenter, load_pretrained
-
-RUN_FILES = ("checkpoints", "tb", "log.jsonl", "metrics.json", "samples.npz", "stats", "report.md")
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present (the local rank's GPU under torchrun), else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ApodaError(f"train.device {name!r} asked for CUDA, but no GPU is visible")
-        import os
-
-        if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    return device
-
-
-def build_model(config: Config, num_classes: int, log: Callable[[str], None] = print) -> Segmenter:
-    """The segmenter of a config, with its pretrained backbone or step-1 checkpoint loaded."""
-    model = config.model
-    segmenter = build_segmenter(
-        model.arch,
-        num_classes,
-        cut=model.cut,
-        multi_level=model.multi_level,
-        aspp_legacy=model.aspp_legacy,
-        bn_mode=model.bn_mode,
-    )
-    if model.pretrained:
-        path = model.pretrained
-        if path.startswith("builtin:"):
-            from apoda.pretrain import BUILTIN, pretrain_minicity
-
-            if path != BUILTIN:
-                raise ApodaError(f"model.pretrained {path!r}: the built-in weights are {BUILTIN}")
-            path = str(pretrain_minicity(config))
-        load_pretrained(segmenter, path, log=log)
-    if model.init_from:
-        state = load_checkpoint(model.init_from)
-        # A step-1 checkpoint cut elsewhere is the same network: rename its keys to this cut
-        # (Table 4 perturbs at pixel ... layer4 from one layer4 step 1).
-        weights = recut_segmenter_state(state["modules"]["segmenter"], list(segmenter.state_dict()))
-        load_module_state(segmenter, weights, "segmenter", Path(model.init_from))
-        saved_cut = state.get("config", {}).get("model", {}).get("cut", model.cut)
-        recut = f", re-cut from {saved_cut} to {model.cut}" if saved_cut != model.cut else ""
-        log(
-            f"initialised the segmenter from {model.init_from} "
-            f"(iteration {state.get('iteration')}{recut})"
-        )
-    return segmenter
+from apoda.models.build import segmenter_from_config
 
 
 def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
@@ -99,59 +41,6 @@ def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool)
     if channels_last and device.type == "cuda":
         out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
     return out
-
-
-def evaluate_segmenter(
-    segmenter: torch.nn.Module,
-    dataset: SegmentationDataset,
-    scheme: ClassScheme,
-    tail: list[str],
-    device: torch.device,
-    batch_size: int,
-    name: str,
-    split: str,
-    iteration: int | None = None,
-    checkpoint: str | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Score a segmenter on a labelled split: one confusion matrix summed over ranks."""
-    import torch.distributed as dist
-
-    shard: Any = dataset
-    if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-        shard = Subset(dataset, list(range(rank, len(dataset), world)))
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False)
-    cm = evaluate(
-        segmenter, loader, scheme.num_classes, device, progress=progress, reduce=sum_over_ranks
-    )
-    return metrics_dict(cm, scheme, tail, name, split, iteration=iteration, checkpoint=checkpoint)
-
-
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber an existing run unless asked; check the folder can be written."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ApodaError(f"output folder {run_dir} exists and is not a folder")
-    existing = run_dir.is_dir() and any(run_dir.iterdir())
-    if existing and not (resume or overwrite):
-        raise ApodaError(
-            f"run folder {run_dir} already exists; pass --resume to continue it or --overwrite "
-            f"to start it again"
-        )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ApodaError(f"output folder {run_dir} cannot be written: {exc.strerror}") from None
-    if overwrite and not resume:
-        for name in (*RUN_FILES, "config.yaml"):
-            path = run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
 
 
 class Trainer:
@@ -164,21 +53,27 @@ class Trainer:
         resume: bool = False,
         overwrite: bool = False,
         log: Callable[[str], None] = print,
+        pretrained_file: Path | None = None,
     ) -> None:
+        """`pretrained_file`: the file that built-in `model.pretrained` weights resolved to
+        (`apoda.pretrain.resolve_pretrained`), so no training starts from inside this one."""
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.train.device)
         self.rank, self.world = init_distributed(self.device.type)
         self.main = self.rank == 0
-        if self.main:
-            prepare_run_dir(self.run_dir, resume, overwrite)
-        barrier()
-        saved = self.run_dir / "config.yaml"
-        if resume and saved.is_file():
-            config = load_config(saved)  # a resumed run keeps the config it started with
-        self.config = config
-        self.resume = resume
-        self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
         self._print = log if self.main else (lambda _msg: None)
+        if self.main:
+            runs.prepare_run_dir(self.run_dir, resume, overwrite)
+        barrier()
+        self.checkpoint_path = self.run_dir / runs.LAST_CHECKPOINT
+        self.resume = resume and self.checkpoint_path.is_file()
+        if resume and not self.resume:
+            self._print(f"no checkpoint in {self.run_dir}: --resume starts from iteration 0")
+        saved = runs.saved_config(self.run_dir) if self.resume else None
+        if saved is not None:
+            config = runs.resume_config(saved, config, self.run_dir, log=self._print)
+        self.config = config
+        self.pretrained_file = pretrained_file
 
     # -- set-up --------------------------------------------------------------------------------
     def _seed(self) -> None:
@@ -201,21 +96,13 @@ class Trainer:
                 f"data.tail_classes names unknown classes {unknown}; "
                 f"valid: {list(scheme.class_names)}"
             )
-        weights = None
-        if cfg.method.seg_loss == "wce":
-            weights = class_weights(
-                [stats["pixel_fraction"].get(n, 0.0) for n in scheme.class_names]
-            )
-        if cfg.method.name == "apoda" and not cfg.model.init_from:
-            warnings.warn(
-                "APODA without model.init_from starts from an untrained G; the paper's step 1 "
-                "(a source-only run) should come first",
-                stacklevel=2,
-            )
-        self.segmenter = build_model(cfg, scheme.num_classes, log=self._print).to(self.device)
+        self.segmenter = segmenter_from_config(
+            cfg, scheme.num_classes, log=self._print, pretrained_file=self.pretrained_file
+        ).to(self.device)
         if cfg.train.channels_last and self.device.type == "cuda":
             self.segmenter.to(memory_format=torch.channels_last)
-        self.method: Method = build_method(self.segmenter, cfg, self.device, weights)
+        self.method: Method = build_method(self.segmenter, cfg, self.device)
+        self.method.prepare(RunContext(tuple(scheme.class_names), dict(stats["pixel_fraction"])))
         total, power = cfg.train.iterations, cfg.optim.poly_power
         self.schedulers = {
             name: LambdaLR(opt, lambda it: max(0.0, 1.0 - it / total) ** power)
@@ -236,15 +123,13 @@ class Trainer:
         state: dict[str, Any] = {
             "iteration": iteration,
             "config": config_to_dict(self.config),
-            "modules": {k: m.state_dict() for k, m in self.method.modules.items()},
-            "optimizers": {k: o.state_dict() for k, o in self.method.optimizers.items()},
+            **self.method.state_dict(),
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "loaders": {
                 "source": self.source_loader.state_dict(),
                 "target": self.target_loader.state_dict(),
             },
             "rng": {"torch": torch.get_rng_state()},
-            "skipped_steps": self.method.skipped_steps,
             "best": self.best,
             "tail_classes": self.tail,
             "class_names": list(self.data.scheme.class_names),
@@ -254,10 +139,7 @@ class Trainer:
         return state
 
     def _restore(self, state: dict[str, Any]) -> int:
-        for name, module in self.method.modules.items():
-            load_module_state(module, state["modules"][name], name, self.checkpoint_path)
-        for name, opt in self.method.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
+        self.method.load_state_dict(state, self.checkpoint_path)
         for name, sched in self.schedulers.items():
             sched.load_state_dict(state["schedulers"][name])
         self.source_loader.load_state_dict(state["loaders"]["source"])
@@ -265,7 +147,6 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.method.skipped_steps = int(state.get("skipped_steps", 0))
         self.best = state.get("best")
         return int(state["iteration"])
 
@@ -301,7 +182,7 @@ class Trainer:
         if self.main:
             best = self._state(iteration)
             best["metrics"] = metrics
-            save_checkpoint(best, self.run_dir / "checkpoints" / "best.pt")
+            save_checkpoint(best, self.run_dir / runs.BEST_CHECKPOINT)
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -310,13 +191,18 @@ class Trainer:
         self._setup()
         self.best: dict[str, Any] | None = None
         start = 0
-        if self.resume and self.checkpoint_path.is_file():
+        total = cfg.train.iterations
+        if self.resume:
             start = self._restore(load_checkpoint(self.checkpoint_path))
+            if start > total:
+                raise ApodaError(
+                    f"--resume of {self.run_dir}: its checkpoint is at iteration {start}, past "
+                    f"train.iterations={total}; ask for at least {start} iterations"
+                )
             self._print(f"resumed {self.run_dir} at iteration {start}")
         if self.main:
-            save_config(cfg, self.run_dir / "config.yaml")
-        runlog = RunLog(self.run_dir, resume_iteration=start) if self.main else None
-        total = cfg.train.iterations
+            save_config(cfg, self.run_dir / runs.CONFIG_FILE)
+        runlog = runs.RunLog(self.run_dir, resume_iteration=start) if self.main else None
         self.method.set_train_mode()
         bar = tqdm(
             total=total,
@@ -370,7 +256,7 @@ class Trainer:
         finally:
             bar.close()
         metrics = self._evaluate(total, checkpoint=str(self.checkpoint_path))
-        metrics["selection"] = "final"
+        metrics["selection"] = runs.SELECTION_FINAL
         if runlog is not None:
             runlog.eval(total, metrics)
         if cfg.train.select_best:
@@ -386,20 +272,20 @@ class Trainer:
 
     def _oracle_metrics(self, final: dict[str, Any]) -> dict[str, Any]:
         """The best snapshot's metrics, labelled as oracle selection on the target val set."""
-        best_path = self.run_dir / "checkpoints" / "best.pt"
+        best_path = self.run_dir / runs.BEST_CHECKPOINT
         assert self.best is not None
         if self.best["iteration"] == final["iteration"] or not best_path.is_file():
             chosen = dict(final)
         else:
             chosen = dict(load_checkpoint(best_path)["metrics"])
             chosen["checkpoint"] = str(best_path)
-        chosen["selection"] = "oracle-best (model picked on the target val set)"
+        chosen["selection"] = runs.SELECTION_ORACLE
         chosen["final_miou"] = final["miou"]
         return chosen
 
     def _write_outputs(self, metrics: dict[str, Any]) -> None:
-        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        stats_dir = self.run_dir / "stats"
+        (self.run_dir / runs.METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+        stats_dir = self.run_dir / runs.STATS_DIR
         stats_dir.mkdir(exist_ok=True)
         (stats_dir / "source.json").write_text(json.dumps(self.source_stats, indent=1))
         self._write_samples()
@@ -430,7 +316,7 @@ class Trainer:
                 preds.append(logits.argmax(1)[0].cpu().numpy().astype(np.uint8))
         self.method.set_train_mode()
         np.savez_compressed(
-            self.run_dir / "samples.npz",
+            self.run_dir / runs.SAMPLES_FILE,
             images=np.stack(images),
             labels=np.stack(labels),
             predictions=np.stack(preds),

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from apoda.config import Config
 from apoda.errors import ApodaError
 from apoda.methods.apoda import Apoda
-from apoda.methods.base import Batch, Method, StepLog
+from apoda.methods.base import Batch, Method, RunContext, StepLog
 from apoda.methods.bn_adaptation import TargetBatchNorm
 from apoda.methods.output_adversarial import AdvEnt, AdvEntMinEnt, MinEnt, OutputAdversarial
 from apoda.methods.source_only import SourceOnly
@@ -20,14 +19,12 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-def build_method(
-    segmenter: Segmenter, config: Config, device: torch.device, class_weights: Tensor | None = None
-) -> Method:
+def build_method(segmenter: Segmenter, config: Config, device: torch.device) -> Method:
     """The method named by `config.method.name`, around an already-built segmenter."""
     name = config.method.name
     if name not in METHODS:
         raise ApodaError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
-    return METHODS[name](segmenter, config, device, class_weights)
+    return METHODS[name](segmenter, config, device)
 
 
-__all__ = ["METHODS", "Batch", "Method", "StepLog", "build_method"]
+__all__ = ["METHODS", "Batch", "Method", "RunContext", "StepLog", "build_method"]

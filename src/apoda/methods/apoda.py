@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from apoda.attacks import perturb_features
+from apoda.config import ApodaConfig
 from apoda.losses import consistency_loss, domain_loss, entropy_loss
 from apoda.methods.base import Batch, Method, StepLog
 
@@ -21,6 +22,13 @@ class Apoda(Method):
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
+        self.settings: ApodaConfig = self.config.method  # type: ignore[assignment]
+        if not self.config.model.init_from:
+            warnings.warn(
+                "APODA without model.init_from starts from an untrained G; the paper's step 1 "
+                "(a source-only run) should come first",
+                stacklevel=2,
+            )
         self.segmenter.freeze_feature_extractor()
         in_f = [m for m in self.segmenter.classifier.modules() if isinstance(m, nn.BatchNorm2d)]
         model = self.config.model
@@ -43,7 +51,7 @@ class Apoda(Method):
             return self.segmenter.features(image).float()
 
     def train_step(self, source: Batch, target: Batch, iteration: int) -> StepLog:
-        method = self.config.method
+        method = self.settings
         disc = self.modules["discriminator"]
         classifier = self.segmenter.classifier
         size_s, size_t = tuple(source["image"].shape[2:]), tuple(target["image"].shape[2:])

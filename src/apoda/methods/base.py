@@ -5,15 +5,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
-from typing import ClassVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from apoda.config import Config
-from apoda.engine.distributed import average_gradients, global_mean_denominator
-from apoda.losses import IGNORE_INDEX, segmentation_loss
+from apoda.distributed import average_gradients, global_mean_denominator
+from apoda.engine.checkpoint import load_module_state
+from apoda.losses import IGNORE_INDEX, class_weights, segmentation_loss
 from apoda.models import Discriminator, Segmenter, upsample_logits
 
 Batch = dict[str, Tensor]
@@ -28,29 +31,56 @@ class NonFiniteError(Exception):
         self.term = term
 
 
-class Method(ABC):
-    """One adaptation method: owns its losses and optimisers and takes one training step.
+@dataclass(frozen=True)
+class RunContext:
+    """What a method may need from the run's data before its first step."""
 
-    The training loop owns data, schedule, evaluation, checkpoints and logs; it only calls
-    `train_step` and reads `modules` / `optimizers` (for checkpoints and the poly schedule).
+    class_names: tuple[str, ...]
+    source_pixel_fraction: dict[str, float]
+    """Each class's share of labelled source pixels (the source statistics)."""
+
+
+class Method(ABC):
+    """One adaptation method: owns its modules, optimisers and counters and takes one step.
+
+    The training loop owns data, schedule, evaluation, checkpoints and logs; it calls
+    `prepare` once, then `train_step`, and saves and restores the method through
+    `state_dict` / `load_state_dict`. It knows no method by name.
     """
 
     name: ClassVar[str] = "method"
 
-    def __init__(
-        self,
-        segmenter: Segmenter,
-        config: Config,
-        device: torch.device,
-        class_weights: Tensor | None = None,
-    ) -> None:
+    def __init__(self, segmenter: Segmenter, config: Config, device: torch.device) -> None:
         self.segmenter = segmenter
         self.config = config
         self.device = device
-        self.class_weights = class_weights
+        self.class_weights: Tensor | None = None
         self.modules: dict[str, nn.Module] = {"segmenter": segmenter}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.skipped_steps = 0
+
+    def prepare(self, context: RunContext) -> None:
+        """Take what the method needs from the data: class weights for `seg_loss: wce`."""
+        if getattr(self.config.method, "seg_loss", None) == "wce":
+            fractions = [context.source_pixel_fraction.get(n, 0.0) for n in context.class_names]
+            self.class_weights = class_weights(fractions)
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Modules, optimisers and counters, as a checkpoint holds them."""
+        return {
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
+        """Restore what `state_dict` saved; `path` names the checkpoint in errors."""
+        for name, module in self.modules.items():
+            load_module_state(module, state["modules"][name], name, path)
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
 
     # -- helpers shared by the methods -------------------------------------------------------
     def autocast(self) -> AbstractContextManager[object]:
@@ -104,7 +134,8 @@ class Method(ABC):
             logits, aux = self.segmenter(image, with_aux=True)
             loss_aux = self.seg_loss(aux, labels)
             log["loss/seg_source_aux"] = loss_aux.detach()
-            loss = self.seg_loss(logits, labels) + self.config.method.lambda_seg_aux * loss_aux
+            weight = self.config.method.lambda_seg_aux
+            loss = self.seg_loss(logits, labels) + weight * loss_aux
         else:
             logits = self.segmenter(image)
             loss = self.seg_loss(logits, labels)

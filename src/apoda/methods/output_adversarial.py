@@ -6,22 +6,25 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from apoda.config import OutputAdversarialConfig
 from apoda.errors import ApodaError
 from apoda.losses import domain_loss, entropy_loss, self_information
 from apoda.methods.base import Batch, Method, StepLog
 
 
 class OutputAdversarial(Method):
-    """G and F learn L_seg(source) + lambda_adv * (fool D on target outputs); D learns Eq. (2)."""
+    """G and F learn L_seg(source) + lambda_adv * (fool D on target outputs); D learns Eq. (2).
+    `lambda_ent > 0` adds target entropy (Eq. 8) to any of them (Table 5's "ASN + entropy")."""
 
     name = "asn"
     discriminator_input = "softmax"
     adversarial = True
-    entropy = False
+    needs_entropy = False
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
-        if self.entropy and self.config.method.lambda_ent <= 0:
+        self.settings: OutputAdversarialConfig = self.config.method  # type: ignore[assignment]
+        if self.needs_entropy and self.settings.lambda_ent <= 0:
             raise ApodaError(
                 f"method {self.name} needs method.lambda_ent > 0 (the field uses 0.001)"
             )
@@ -42,7 +45,7 @@ class OutputAdversarial(Method):
 
     def train_step(self, source: Batch, target: Batch, iteration: int) -> StepLog:
         log: StepLog = {}
-        method = self.config.method
+        method = self.settings
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         discs = {
@@ -60,7 +63,7 @@ class OutputAdversarial(Method):
                 adv = domain_loss(disc(self.d_input(outputs[head][1])).float(), "source")
                 log[f"loss/adv_{head}"] = adv.detach()
                 loss = loss + weights[head] * adv
-            if self.entropy:
+            if method.lambda_ent > 0:
                 ent = entropy_loss(logits_t.float())  # Eq. (8)
                 log["loss/ent_target"] = ent.detach()
                 loss = loss + method.lambda_ent * ent
@@ -93,11 +96,11 @@ class MinEnt(OutputAdversarial):
 
     name = "minent"
     adversarial = False
-    entropy = True
+    needs_entropy = True
 
 
 class AdvEntMinEnt(AdvEnt):
     """AdvEnt + MinEnt."""
 
     name = "advent_minent"
-    entropy = True
+    needs_entropy = True

@@ -33,7 +33,8 @@ STAGE_NAMES: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 
 class FrozenBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose affine parameters do not train and which always runs in eval mode.
+    """BatchNorm2d whose affine parameters do not train and which always runs in eval mode,
+    from construction on (a module starts in train mode; this one never is).
 
     The state-dict keys are those of `nn.BatchNorm2d`, so checkpoints load unchanged.
     """
@@ -42,6 +43,7 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
         super().__init__(num_features)
         self.weight.requires_grad_(False)
         self.bias.requires_grad_(False)
+        self.training = False
 
     def train(self, mode: bool = True) -> FrozenBatchNorm2d:
         """Ignore `mode`: the running statistics must never change."""

@@ -9,7 +9,7 @@ everywhere in apoda.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import chain
 from typing import Any, Literal, get_args, overload
 
@@ -54,56 +54,94 @@ def _check_images(x: torch.Tensor, channels: int) -> None:
         raise ApodaError(f"expected a [B, {channels}, H, W] tensor, got shape {tuple(x.shape)}")
 
 
+LEGACY_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("feature_extractor.", "backbone."),
+    ("classifier.backbone.", "backbone."),
+    ("classifier.head.", "head."),
+    ("aux_classifier.", "aux_head."),
+)
+"""Key prefixes of checkpoints written before 0.2, whose names depended on the cut, and the
+cut-free names they map to."""
+
+
+def upgrade_state_keys(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A segmenter state dict with pre-0.2 (cut-dependent) keys renamed to today's names;
+    today's keys pass through unchanged."""
+    upgraded: dict[str, Any] = {}
+    for key, value in state.items():
+        for old, new in LEGACY_PREFIXES:
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        upgraded[key] = value
+    return upgraded
+
+
 class Segmenter(nn.Module):
     """A DeepLab-v2 segmenter split into G (`feature_extractor`) and F (`classifier`).
 
-    `forward(x)` equals `classify(features(x), x.shape[-2:])` exactly. With an `aux_classifier`
-    (an ASPP on layer3's output; only with cut "layer4") `forward(x, with_aux=True)` also returns
-    the auxiliary logits, both at the input size. State-dict keys: `feature_extractor.<backbone
-    key>`, `classifier.backbone.<backbone key>`, `classifier.head.*`, `aux_classifier.*`.
+    The network owns `backbone`, `head` (ASPP) and, multi-level, `aux_head` (an ASPP on
+    layer3); its state-dict keys are theirs (`backbone.layer3.0.conv1.weight`, `head.*`,
+    `aux_head.*`), so a checkpoint does not depend on the cut. G and F are views over the
+    backbone's stages that share its modules: `forward(x)` equals
+    `classify(features(x), x.shape[-2:])` exactly, and `forward(x, with_aux=True)` (cut
+    "layer4" only) also returns the auxiliary logits, both at the input size.
     """
 
     def __init__(
         self,
         backbone: Backbone,
-        classifier: ASPPClassifier,
+        head: ASPPClassifier,
         cut: Cut = "layer4",
-        aux_classifier: ASPPClassifier | None = None,
+        aux_head: ASPPClassifier | None = None,
     ) -> None:
         super().__init__()
         if cut not in get_args(Cut):
             raise ApodaError(f"cut {cut!r} is not one of {list(get_args(Cut))}")
-        if aux_classifier is not None and cut != "layer4":
+        if aux_head is not None and cut != "layer4":
             raise ApodaError(
                 f"the multi-level (auxiliary) classifier needs cut 'layer4', got cut {cut!r}"
             )
-        if classifier.conv2d_list[0].in_channels != backbone.out_channels:
+        if head.conv2d_list[0].in_channels != backbone.out_channels:
             raise ApodaError(
-                f"classifier expects {classifier.conv2d_list[0].in_channels} channels but the "
+                f"classifier expects {head.conv2d_list[0].in_channels} channels but the "
                 f"{backbone.arch} backbone gives {backbone.out_channels}"
             )
-        if aux_classifier is not None:
+        if aux_head is not None:
             layer3 = backbone.stage("layer3").out_channels
-            if aux_classifier.conv2d_list[0].in_channels != layer3:
+            if aux_head.conv2d_list[0].in_channels != layer3:
                 raise ApodaError(
-                    f"aux classifier expects {aux_classifier.conv2d_list[0].in_channels} "
+                    f"aux classifier expects {aux_head.conv2d_list[0].in_channels} "
                     f"channels but {backbone.arch}'s layer3 gives {layer3}"
                 )
-            if aux_classifier.num_classes != classifier.num_classes:
+            if aux_head.num_classes != head.num_classes:
                 raise ApodaError(
-                    f"aux classifier has {aux_classifier.num_classes} classes, the main one "
-                    f"{classifier.num_classes}"
+                    f"aux classifier has {aux_head.num_classes} classes, the main one "
+                    f"{head.num_classes}"
                 )
+        self.backbone = backbone
+        self.head = head
+        self.aux_head = aux_head
         g, rest = backbone.split(cut)
         self.arch: str = backbone.arch
         self.cut: Cut = cut
-        self.num_classes: int = classifier.num_classes
+        self.num_classes: int = head.num_classes
         self.feature_channels: int = g.out_channels
         self.feature_stride: int = g.stride
         self.in_channels: int = backbone.in_channels
-        self.feature_extractor: Backbone = g
-        self.classifier = Classifier(rest, classifier)
-        self.aux_classifier = aux_classifier
+        # Views, deliberately not registered as submodules: they share the backbone's modules
+        # and would otherwise put the cut into every state-dict key.
+        self._views = (g, Classifier(rest, head))
+
+    @property
+    def feature_extractor(self) -> Backbone:
+        """G: the backbone stages up to and including the cut (a view)."""
+        return self._views[0]
+
+    @property
+    def classifier(self) -> Classifier:
+        """F: the backbone stages after the cut, then the ASPP head (a view)."""
+        return self._views[1]
 
     @property
     def feature_extractor_frozen(self) -> bool:
@@ -114,6 +152,19 @@ class Segmenter(nn.Module):
         """Fix G's parameters and keep G in eval mode for good (APODA steps 2-3). Not part of the
         state dict: call it again on a rebuilt segmenter when resuming those steps."""
         self.feature_extractor.freeze()
+
+    def train(self, mode: bool = True) -> Segmenter:
+        """Set train/eval mode; a frozen G stays in eval mode."""
+        super().train(mode)
+        if self.feature_extractor.frozen:
+            self.feature_extractor.train(False)
+        return self
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """Load weights; checkpoints with pre-0.2 cut-dependent keys are renamed on the way."""
+        return super().load_state_dict(upgrade_state_keys(state_dict), strict, assign)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """f = G(x)."""
@@ -142,28 +193,26 @@ class Segmenter(nn.Module):
         size = tuple(x.shape[-2:])
         if not with_aux:
             return self.classify(self.features(x), size)
-        if self.aux_classifier is None:
+        if self.aux_head is None:
             raise ApodaError("with_aux=True needs a segmenter built with multi_level=True")
         _check_images(x, self.in_channels)
         f, taps = self.feature_extractor.forward_with_taps(x, ("layer3",))
-        aux = upsample_logits(self.aux_classifier(taps["layer3"]), size)
+        aux = upsample_logits(self.aux_head(taps["layer3"]), size)
         return self.classify(f, size), aux
 
     def backbone_tensors(self) -> dict[str, torch.Tensor]:
         """Every backbone parameter and buffer (in G or in F) under its backbone key, e.g.
         `layer3.0.conv1.weight`, whatever the cut: the live tensors, for loading weights."""
-        g = self.feature_extractor.state_dict(keep_vars=True)
-        rest = self.classifier.backbone.state_dict(keep_vars=True)
-        return {**g, **rest}
+        return self.backbone.state_dict(keep_vars=True)
 
     def parameter_groups(self, lr: float, classifier_lr_mult: float = 10.0) -> list[dict[str, Any]]:
         """Optimiser groups of the trainable parameters: the backbone (G and F's backbone part)
         at `lr`, the ASPP classifiers at `classifier_lr_mult * lr`. Each group carries `name`
         and `lr_mult` so a scheduler can rescale it; empty groups are left out."""
-        backbone = chain(self.feature_extractor.parameters(), self.classifier.backbone.parameters())
-        heads: list[nn.Module] = [self.classifier.head]
-        if self.aux_classifier is not None:
-            heads.append(self.aux_classifier)
+        backbone = self.backbone.parameters()
+        heads: list[nn.Module] = [self.head]
+        if self.aux_head is not None:
+            heads.append(self.aux_head)
         head_params = chain.from_iterable(h.parameters() for h in heads)
         groups = []
         for name, params, mult in (

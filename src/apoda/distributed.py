@@ -1,4 +1,5 @@
-"""Data parallelism under torchrun: process group set-up, gradient and metric all-reduce.
+"""Devices and data parallelism under torchrun: process group set-up, gradient and metric
+all-reduce.
 
 Gradients are averaged by hand after each backward (what DDP does, minus the overlap), so the
 methods can call their modules' own methods (features, classify) without a wrapper."""
@@ -10,6 +11,22 @@ from collections.abc import Iterable, Mapping
 
 import torch
 import torch.distributed as dist
+
+from apoda.errors import ApodaError
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present (the local rank's GPU under torchrun), else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ApodaError(f"train.device {name!r} asked for CUDA, but no GPU is visible")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
 
 
 def init_distributed(device_type: str) -> tuple[int, int]:
@@ -77,6 +94,13 @@ def global_mean_denominator(local_count: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(count)
         world = dist.get_world_size()
     return (count.clamp_min(1.0) / world).float()
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the process group, (0, 1) outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def barrier() -> None:

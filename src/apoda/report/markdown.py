@@ -1,0 +1,195 @@
+"""The Markdown report: a summary and per-class table of the runs, then every picture their
+data allows, each with a line on how to read it (or why it is missing)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from apoda.errors import ApodaError
+from apoda.report.plots import (
+    GRAD_KEY,
+    PICTURES,
+    plot_class_distribution,
+    plot_curves,
+    plot_gradient_intensity,
+    plot_per_class_iou,
+    plot_qualitative,
+)
+from apoda.report.reading import Run, class_names_of, format_percent, tail_of, union
+from apoda.runs import ORACLE_NOTE, REPORT_FILE, is_oracle_selection
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |"]
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _summary_table(runs: Sequence[Run]) -> list[str]:
+    subsets = union(
+        (r.metrics.get("subsets") or {})
+        for r in runs
+        if r.metrics and isinstance(r.metrics.get("subsets"), Mapping)
+    )
+    header = ["run", "method", "evaluated on", "iteration", "mIoU", "head mIoU", "tail mIoU"]
+    header += [*subsets, "selection"]
+    rows = []
+    for run in runs:
+        m = run.metrics
+        if m is None:
+            rows.append(
+                [run.name, run.method or "-", "no metrics.json", *["-"] * (4 + len(subsets) + 1)]
+            )
+            continue
+        where = "/".join(str(m[k]) for k in ("dataset", "split") if m.get(k) is not None) or "-"
+        iteration = m.get("iteration")
+        subset = m.get("subsets") if isinstance(m.get("subsets"), Mapping) else {}
+        rows.append(
+            [
+                run.name,
+                run.method or "-",
+                where,
+                iteration if iteration is not None else "-",
+                format_percent(m.get("miou")),
+                format_percent(m.get("head_miou")),
+                format_percent(m.get("tail_miou")),
+                *(format_percent(subset.get(s)) if s in subset else "-" for s in subsets),
+                m.get("selection") or "-",
+            ]
+        )
+    return _table(header, rows)
+
+
+def _per_class_table(runs: Sequence[Run]) -> list[str]:
+    scored = [r for r in runs if r.metrics and isinstance(r.metrics.get("per_class"), Mapping)]
+    if not scored:
+        return ["_No run has per-class IoU (metrics.json with per_class)._"]
+    names = union(class_names_of(r.metrics or {}) for r in scored)
+    tail = set(union(tail_of(r.metrics) for r in scored))
+    rows = []
+    for name in names:
+        row: list[Any] = [f"{name}*" if name in tail else name]
+        for run in scored:
+            per_class = (run.metrics or {})["per_class"]
+            row.append(format_percent(per_class[name]) if name in per_class else "-")
+        rows.append(row)
+    lines = _table(["class", *(r.name for r in scored)], rows)
+    lines += [
+        "",
+        "IoU in %; `*` = tail class; n/a = class absent from the evaluated images; "
+        "- = class not in that run's scheme.",
+    ]
+    return lines
+
+
+_HOW_TO_READ = {
+    "class_distribution": "Each class's share of labelled pixels per domain, log scale, sorted "
+    "by the first domain; red classes are the tail. Bars that differ between domains show a "
+    "shift in the class prior, which weights taken from source frequencies do not follow.",
+    "per_class_iou": "IoU per class, one bar per run; red, shaded classes are the tail, the "
+    "classes that the paper finds global adversarial alignment neglects.",
+    "qualitative": "Rows are fixed target-val images: the image, its ground truth, then each "
+    "run's prediction, all in the dataset's class colours.",
+    "gradient_intensity": "log10 of the mean |gradient| of each attack objective at each "
+    "attack iteration k; objectives orders of magnitude apart mean one of them decides the sign "
+    "of a summed I-FGSM step, which is what I-FGSPM's per-objective signs avoid.",
+    "curves": "Training values (faint) with their moving average (solid), then target mIoU, "
+    "head and tail mIoU at each evaluation; compare runs panel by panel.",
+}
+
+_TITLES = {
+    "class_distribution": "Class distribution",
+    "per_class_iou": "Per-class IoU",
+    "qualitative": "Qualitative results",
+    "gradient_intensity": "Attack gradient intensity",
+    "curves": "Training and evaluation curves",
+}
+
+
+def write_report(
+    runs: Sequence[Run],
+    out_dir: str | Path,
+    title: str = "apoda report",
+    palette: np.ndarray | None = None,
+) -> Path:
+    """Draw every picture the runs' data allows into `out_dir` and write `out_dir/report.md`.
+
+    A picture whose data is missing (or inconsistent between runs) is replaced by a note saying
+    why, so a report can always be written, even for a run that never evaluated.
+    """
+    if not runs:
+        raise ApodaError("write_report: no runs given")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    stats_run = next((r for r in runs if r.stats), None)
+    grad_run = next(
+        (r for r in runs if any(GRAD_KEY.match(k) for t in r.train_records for k in t["values"])),
+        None,
+    )
+    drawers: dict[str, tuple[Callable[[Path], Path] | None, str, str]] = {
+        "class_distribution": (
+            partial(plot_class_distribution, stats_run.stats)
+            if stats_run and stats_run.stats
+            else None,
+            "no run has stats/source.json or stats/target.json",
+            f"(stats of {stats_run.name})" if stats_run else "",
+        ),
+        "per_class_iou": (
+            partial(plot_per_class_iou, runs),
+            "no run has metrics.json with per_class",
+            "",
+        ),
+        "qualitative": (
+            partial(plot_qualitative, runs, palette=palette)
+            if any(r.samples is not None for r in runs)
+            else None,
+            "no run has samples.npz",
+            "",
+        ),
+        "gradient_intensity": (
+            partial(plot_gradient_intensity, grad_run) if grad_run else None,
+            "no run logged attack/*/grad_* values (only APODA-style methods do)",
+            f"(from {grad_run.name})" if grad_run else "",
+        ),
+        "curves": (
+            partial(plot_curves, runs),
+            "no run has training or evaluation lines in log.jsonl",
+            "",
+        ),
+    }
+
+    lines = [f"# {title}", "", "## Summary", "", *_summary_table(runs), ""]
+    if any(r.metrics and is_oracle_selection(r.metrics.get("selection")) for r in runs):
+        lines += [f"Note: {ORACLE_NOTE}", ""]
+    lines += ["## Per-class IoU", "", *_per_class_table(runs), "", "## Pictures", ""]
+    for key, (draw, missing, source) in drawers.items():
+        lines += [f"### {_TITLES[key]} {source}".rstrip(), ""]
+        reason = missing
+        if draw is not None:
+            try:
+                draw(out / PICTURES[key])
+            except ApodaError as exc:
+                reason = str(exc)
+            else:
+                lines += [
+                    f"![{_TITLES[key]}]({PICTURES[key]})",
+                    "",
+                    f"How to read this: {_HOW_TO_READ[key]}",
+                    "",
+                ]
+                continue
+        lines += [f"_Not drawn: {reason}._", ""]
+    report = out / REPORT_FILE
+    report.write_text("\n".join(lines), encoding="utf-8")
+    return report

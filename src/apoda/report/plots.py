@@ -1,0 +1,355 @@
+"""The report's pictures: class distribution, per-class IoU, qualitative grid, attack gradient
+intensity and training curves. Figures are drawn on plain `matplotlib.figure.Figure` objects
+(Agg canvas), never through pyplot, so no display and no global figure state are involved."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from apoda.errors import ApodaError
+from apoda.report.reading import (
+    Run,
+    as_number,
+    class_names_of,
+    format_percent,
+    tail_of,
+    union,
+)
+
+PICTURES = {
+    "class_distribution": "class_distribution.png",
+    "per_class_iou": "per_class_iou.png",
+    "qualitative": "qualitative.png",
+    "gradient_intensity": "gradient_intensity.png",
+    "curves": "curves.png",
+}
+
+GRAD_KEY = re.compile(r"^attack/(?P<domain>[^/]+)/grad_(?P<objective>[^/]+)/k(?P<k>\d+)$")
+_L2_KEY = re.compile(r"^attack/(?P<domain>[^/]+)/l2/k(?P<k>\d+)$")
+_TAIL_COLOUR = "tab:red"
+_Series = tuple[str, str]  # (domain, attack objective)
+_DPI = 100
+
+
+def _save(figure: Figure, path: str | Path) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(figure)
+    figure.savefig(out, format="png", dpi=_DPI, bbox_inches="tight")
+    return out
+
+
+def _mark_tail(axes: Axes, names: Sequence[str], tail: set[str]) -> None:
+    """Red bold tick labels and a light red band behind each tail class."""
+    axes.set_xticks(range(len(names)))
+    axes.set_xticklabels(names, rotation=45, ha="right")
+    for index, (name, label) in enumerate(zip(names, axes.get_xticklabels(), strict=True)):
+        if name in tail:
+            label.set_color(_TAIL_COLOUR)
+            label.set_fontweight("bold")
+            axes.axvspan(index - 0.5, index + 0.5, color=_TAIL_COLOUR, alpha=0.08, lw=0)
+    axes.set_xlim(-0.5, len(names) - 0.5)
+
+
+def _moving_average(x: np.ndarray, y: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Trailing moving average of y; x is cut to the points where a full window exists."""
+    if window <= 1 or len(y) < window:
+        return x, y
+    kernel = np.full(window, 1.0 / window)
+    return x[window - 1 :], np.convolve(y, kernel, mode="valid")
+
+
+def _grid(count: int, columns: int, cell: tuple[float, float]) -> tuple[Figure, list[Axes]]:
+    cols = min(columns, count)
+    rows = math.ceil(count / cols)
+    figure = Figure(figsize=(cell[0] * cols, cell[1] * rows), layout="constrained")
+    axes = figure.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for extra in axes[count:]:
+        extra.set_visible(False)
+    return figure, axes[:count]
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def plot_class_distribution(stats: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path:
+    """Pixel share of each class per domain as side-by-side log-scale bars (paper Fig. 4/5).
+
+    Classes are sorted by the first domain's share, largest first, so the long tail reads left to
+    right; tail classes (the union of every domain's `tail_classes`) are marked in red.
+    """
+    if not stats:
+        raise ApodaError("class distribution: no stats given (expected stats/source.json etc.)")
+    domains = list(stats)
+    fractions: dict[str, Mapping[str, Any]] = {}
+    for domain in domains:
+        share = stats[domain].get("pixel_fraction")
+        if not isinstance(share, Mapping) or not share:
+            raise ApodaError(f"class distribution: stats '{domain}' has no pixel_fraction mapping")
+        fractions[domain] = share
+    first = fractions[domains[0]]
+    names = union(
+        [stats[domains[0]].get("class_names") or [], first] + [fractions[d] for d in domains[1:]]
+    )
+    names.sort(key=lambda n: -np.nan_to_num(as_number(first.get(n)), nan=-1.0))
+    tail = set(union(stats[d].get("tail_classes") or [] for d in domains))
+
+    figure = Figure(figsize=(max(8.0, 0.45 * len(names) * max(1, len(domains))), 4.5))
+    axes = figure.add_subplot()
+    width = 0.8 / len(domains)
+    positive: list[float] = []
+    for index, domain in enumerate(domains):
+        values = np.array([100.0 * as_number(fractions[domain].get(n)) for n in names])
+        shown = np.where(values > 0, values, np.nan)
+        positive.extend(shown[np.isfinite(shown)].tolist())
+        offsets = np.arange(len(names)) - 0.4 + width * (index + 0.5)
+        axes.bar(offsets, shown, width=width, label=domain)
+    axes.set_yscale("log")
+    if positive:
+        axes.set_ylim(bottom=min(positive) / 2)
+    axes.set_ylabel("share of labelled pixels (%)")
+    axes.set_title("class distribution (tail classes in red)")
+    _mark_tail(axes, names, tail)
+    axes.legend()
+    return _save(figure, path)
+
+
+def plot_per_class_iou(runs: Sequence[Run], path: str | Path) -> Path:
+    """Per-class IoU, one group of bars per class and one bar per run; tail classes in red."""
+    scored = [r for r in runs if r.metrics and isinstance(r.metrics.get("per_class"), Mapping)]
+    if not scored:
+        raise ApodaError("per-class IoU: no run has metrics.json with per_class")
+    names = union(class_names_of(r.metrics or {}) for r in scored)
+    tail = set(union(tail_of(r.metrics) for r in scored))
+
+    figure = Figure(figsize=(max(8.0, len(names) * (0.35 + 0.15 * len(scored))), 4.5))
+    axes = figure.add_subplot()
+    width = 0.8 / len(scored)
+    for index, run in enumerate(scored):
+        per_class = (run.metrics or {})["per_class"]
+        values = [as_number(per_class.get(n)) for n in names]
+        offsets = np.arange(len(names)) - 0.4 + width * (index + 0.5)
+        miou = as_number((run.metrics or {}).get("miou"))
+        axes.bar(offsets, values, width=width, label=f"{run.name} (mIoU {format_percent(miou)})")
+        for offset, value in zip(offsets, values, strict=True):
+            if not math.isfinite(value):  # tell "no IoU" apart from an IoU of zero
+                axes.text(offset, 1, "n/a", ha="center", va="bottom", rotation=90, fontsize=7)
+    axes.set_ylabel("IoU (%)")
+    axes.set_ylim(0, 100)
+    axes.set_title("per-class IoU (tail classes in red)")
+    _mark_tail(axes, names, tail)
+    axes.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def _check_palette(palette: Any) -> np.ndarray:
+    array = np.asarray(palette)
+    if array.shape != (256, 3) or not np.issubdtype(array.dtype, np.integer):
+        raise ApodaError(
+            f"palette must be an integer array [256,3], got {array.dtype}{list(array.shape)}"
+        )
+    return array.astype(np.uint8)
+
+
+def plot_qualitative(
+    runs: Sequence[Run],
+    path: str | Path,
+    palette: np.ndarray | None = None,
+    max_samples: int = 4,
+) -> Path:
+    """Rows of samples; columns image, ground truth, then each run's prediction (paper Fig. 6).
+
+    Images and labels come from the first run with samples; every run with samples must hold the
+    same number of images at the same size, since they must be predictions on the same images.
+    """
+    pairs = [(r, r.samples) for r in runs if r.samples is not None]
+    if not pairs:
+        raise ApodaError("qualitative: no run has samples.npz")
+    if palette is None:
+        from apoda.data.classes import CITYSCAPES_PALETTE
+
+        palette = CITYSCAPES_PALETTE
+    colours = _check_palette(palette)
+    first, reference = pairs[0]
+    for run, samples in pairs[1:]:
+        if samples.labels.shape != reference.labels.shape:
+            raise ApodaError(
+                f"qualitative: {run.path / 'samples.npz'} holds {list(samples.labels.shape)} "
+                f"but {first.path / 'samples.npz'} holds {list(reference.labels.shape)}; "
+                "runs must predict the same images"
+            )
+    count = min(max_samples, reference.images.shape[0])
+    if count < 1:
+        raise ApodaError(f"qualitative: {first.path / 'samples.npz'} holds no images")
+    height, width = reference.labels.shape[1:]
+    columns = 2 + len(pairs)
+    cell_w = 2.6
+    figure = Figure(
+        figsize=(cell_w * columns, cell_w * height / width * count + 0.4), layout="constrained"
+    )
+    grid = figure.subplots(count, columns, squeeze=False)
+    titles = ["image", "ground truth", *(run.name for run, _ in pairs)]
+    for row in range(count):
+        panels = [reference.images[row], colours[reference.labels[row]]]
+        panels += [colours[samples.predictions[row]] for _, samples in pairs]
+        for col, panel in enumerate(panels):
+            axes = grid[row, col]
+            axes.imshow(panel, interpolation="nearest")
+            axes.set_axis_off()
+            if row == 0:
+                axes.set_title(titles[col], fontsize="medium")
+    return _save(figure, path)
+
+
+def _attack_series(
+    run: Run, pattern: re.Pattern[str]
+) -> tuple[dict[_Series, dict[int, list[float]]], dict[_Series, list[tuple[int, float]]]]:
+    """Group attack values by (domain, objective): per k over all lines, and per training line
+    averaged over k."""
+    by_k: dict[_Series, dict[int, list[float]]] = {}
+    by_iteration: dict[_Series, list[tuple[int, float]]] = {}
+    for record in run.train_records:
+        line: dict[_Series, list[float]] = {}
+        for key, raw in record["values"].items():
+            match = pattern.match(key)
+            value = as_number(raw)
+            if match is None or not math.isfinite(value):
+                continue
+            series = (match["domain"], match.groupdict().get("objective", "l2"))
+            by_k.setdefault(series, {}).setdefault(int(match["k"]), []).append(value)
+            line.setdefault(series, []).append(value)
+        iteration = as_number(record.get("iteration"))
+        if not math.isfinite(iteration):
+            continue
+        for series, values in line.items():
+            by_iteration.setdefault(series, []).append((int(iteration), float(np.mean(values))))
+    return by_k, by_iteration
+
+
+def _log10(values: Iterable[float]) -> np.ndarray:
+    array = np.asarray(list(values), dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(array > 0, np.log10(np.where(array > 0, array, 1.0)), np.nan)
+
+
+def plot_gradient_intensity(run: Run, path: str | Path) -> Path:
+    """log10 mean |gradient| of each attack objective against the I-FGSPM iteration k (paper
+    Fig. 3), averaged over training lines; a second panel follows the same values (averaged over
+    k) along training, and a third shows the L2 distance of f* from f when it was logged."""
+    grads, grads_over_time = _attack_series(run, GRAD_KEY)
+    if not grads:
+        raise ApodaError(
+            f"gradient intensity: {run.path / 'log.jsonl'} has no attack/*/grad_* keys"
+        )
+    distances, _ = _attack_series(run, _L2_KEY)
+    objectives = sorted({objective for _, objective in grads})
+    colour_of = {o: f"C{i % 10}" for i, o in enumerate(objectives)}
+    styles = ["-", "--", ":", "-."]
+    domains = sorted({domain for domain, _ in grads} | {domain for domain, _ in distances})
+    style_of = {d: styles[i % len(styles)] for i, d in enumerate(domains)}
+
+    figure, (per_k, over_time, *rest) = _grid(3 if distances else 2, 3, (5.0, 3.8))
+    for (domain, objective), values in sorted(grads.items()):
+        ks = sorted(values)
+        style = {"color": colour_of[objective], "linestyle": style_of[domain]}
+        per_k.plot(
+            ks,
+            _log10(np.mean(values[k]) for k in ks),
+            marker="o",
+            label=f"{domain} {objective}",
+            **style,
+        )
+        points = grads_over_time[(domain, objective)]
+        over_time.plot([p[0] for p in points], _log10(p[1] for p in points), **style)
+    per_k.set_xlabel("attack iteration k")
+    per_k.set_ylabel("log10 mean |gradient|")
+    per_k.set_title(f"{run.name}: gradient intensity per k")
+    per_k.xaxis.get_major_locator().set_params(integer=True)
+    per_k.legend(fontsize="small")
+    over_time.set_xlabel("training iteration")
+    over_time.set_ylabel("log10 mean |gradient| (mean over k)")
+    over_time.set_title("along training")
+    if rest:
+        panel = rest[0]
+        for (domain, _), values in sorted(distances.items()):
+            ks = sorted(values)
+            panel.plot(
+                ks,
+                [np.mean(values[k]) for k in ks],
+                marker="o",
+                color="k",
+                linestyle=style_of[domain],
+                label=domain,
+            )
+        panel.set_xlabel("attack iteration k")
+        panel.set_ylabel("L2 distance of f* from f")
+        panel.set_title("perturbation size")
+        panel.xaxis.get_major_locator().set_params(integer=True)
+        panel.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def plot_curves(runs: Sequence[Run], path: str | Path, window: int | None = None) -> Path:
+    """One panel per logged quantity, runs overlaid: training values (faint) with a trailing
+    moving average (solid; `window` lines, default about a tenth of the run), then evaluation
+    mIoU, head and tail mIoU over iterations. Attack keys are left to the gradient picture."""
+    keys = sorted(
+        union(
+            (k for k in r["values"] if not k.startswith("attack/"))
+            for run in runs
+            for r in run.train_records
+        )
+    )
+    eval_keys = [
+        k
+        for k in ("miou", "head_miou", "tail_miou")
+        if any(math.isfinite(as_number(r.get(k))) for run in runs for r in run.eval_records)
+    ]
+    if not keys and not eval_keys:
+        raise ApodaError("curves: no run has training or evaluation lines in log.jsonl")
+    titles = {
+        "miou": "eval mIoU (%)",
+        "head_miou": "eval head mIoU (%)",
+        "tail_miou": "eval tail mIoU (%)",
+    }
+    figure, panels = _grid(len(keys) + len(eval_keys), 3, (4.6, 3.2))
+    for panel, key in zip(panels, keys, strict=False):
+        for index, run in enumerate(runs):
+            points = [
+                (as_number(r.get("iteration")), as_number(r["values"].get(key)))
+                for r in run.train_records
+                if key in r["values"]
+            ]
+            xy = np.array([p for p in points if math.isfinite(p[0]) and math.isfinite(p[1])])
+            if not len(xy):
+                continue
+            colour = f"C{index % 10}"
+            panel.plot(xy[:, 0], xy[:, 1], color=colour, alpha=0.25, lw=0.8)
+            size = window if window is not None else max(1, len(xy) // 10)
+            sx, sy = _moving_average(xy[:, 0], xy[:, 1], size)
+            panel.plot(sx, sy, color=colour, lw=1.5, label=run.name)
+        panel.set_title(key, fontsize="medium")
+        panel.set_xlabel("iteration")
+    for panel, key in zip(panels[len(keys) :], eval_keys, strict=True):
+        for index, run in enumerate(runs):
+            xy = np.array(
+                [(as_number(r.get("iteration")), as_number(r.get(key))) for r in run.eval_records]
+            ).reshape(-1, 2)
+            xy = xy[np.isfinite(xy).all(axis=1)]
+            if len(xy):
+                panel.plot(xy[:, 0], xy[:, 1], color=f"C{index % 10}", marker="o", label=run.name)
+        panel.set_title(titles[key], fontsize="medium")
+        panel.set_xlabel("iteration")
+    for panel in panels:
+        if panel.get_legend_handles_labels()[0]:
+            panel.legend(fontsize="x-small")
+    return _save(figure, path)
