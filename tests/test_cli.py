@@ -40,6 +40,28 @@ def test_fast_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     # a second call reuses the finished runs instead of training again
     assert main(["demo", "--fast", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("reusing finished run") == 3
+    # ... but the full demo never passes the fast runs off as its own
+    assert main(["demo", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "reusing" not in captured.out
+    assert "source_only finished with a different config" in captured.err
+    assert "train.iterations: 20 -> 1000" in captured.err and "--overwrite" in captured.err
+
+
+def test_oracle_selection_is_flagged_in_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real `train.select_best` run, then `apoda report`: the report says that the snapshot
+    was picked on the target val set."""
+    from apoda.runs import ORACLE_NOTE, SELECTION_ORACLE
+
+    run = tmp_path / "best"
+    overrides = [*TINY, "train.iterations=2", "train.eval_every=1", "train.select_best=true"]
+    assert main(["train", "minicity/source_only", *overrides, "--out", str(run)]) == 0
+    assert json.loads((run / "metrics.json").read_text())["selection"] == SELECTION_ORACLE
+    assert ORACLE_NOTE in (run / "report.md").read_text()  # the report training wrote
+    assert main(["report", str(run), "--out", str(tmp_path / "again")]) == 0
+    assert ORACLE_NOTE in (tmp_path / "again" / "report.md").read_text()
 
 
 def test_bad_config_key_is_one_clear_line(

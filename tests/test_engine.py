@@ -15,13 +15,14 @@ import pytest
 import torch
 import yaml
 
+from apoda.cli import main
 from apoda.config import load_config
 from apoda.configs import resolve_config
 from apoda.engine.checkpoint import load_checkpoint, save_checkpoint
 from apoda.engine.trainer import Trainer
-from apoda.models.build import segmenter_from_config
 from apoda.errors import ApodaError
 from apoda.methods import Method
+from apoda.models.build import segmenter_from_config
 from conftest import TINY
 
 SOURCE_ONLY = resolve_config("minicity/source_only")
@@ -266,3 +267,50 @@ def test_oracle_selection_is_opt_in_and_labelled(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "best" / "metrics.json").read_text())
     assert saved["selection"].startswith("oracle-best")
     assert "oracle" in (tmp_path / "best" / "report.md").read_text()
+
+
+def test_resume_refuses_an_override_that_changes_the_run(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    run = tmp_path / "so"
+    args = ["train", str(SOURCE_ONLY), *TINY, "train.iterations=2", "train.eval_every=0"]
+    assert main([*args, "--out", str(run)]) == 0
+    capsys.readouterr()
+    before = _params(run / "checkpoints" / "last.pt")
+    assert main([*args, "optim.lr=0.5", "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume of") and "optim.lr: 0.01 -> 0.5" in err
+    after = _params(run / "checkpoints" / "last.pt")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing was trained
+
+
+def test_resume_with_more_iterations_extends_a_finished_run(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    run = tmp_path / "so"
+    args = ["train", str(SOURCE_ONLY), *TINY, "train.eval_every=0"]
+    assert main([*args, "train.iterations=2", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main([*args, "train.iterations=4", "--out", str(run), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "train.iterations: 2 -> 4" in out and "resumed" in out
+    assert json.loads((run / "metrics.json").read_text())["iteration"] == 4
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["iterations"] == 4
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 4
+    # fewer iterations than the checkpoint holds cannot be a resume
+    assert main([*args, "train.iterations=3", "--out", str(run), "--resume"]) == 2
+    assert "checkpoint is at iteration 4" in capsys.readouterr().err
+
+
+def test_a_truncated_last_log_line_is_dropped_by_resume_and_report(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A run killed mid-write leaves half a JSON line: resume and `apoda report` both read
+    log.jsonl with the one tolerant reader, and the resumed log is whole again."""
+    run = tmp_path / "so"
+    args = ["train", str(SOURCE_ONLY), *TINY, "train.eval_every=0", "train.log_every=1"]
+    assert main([*args, "train.iterations=2", "--out", str(run)]) == 0
+    log = run / "log.jsonl"
+    with log.open("a") as fh:
+        fh.write('{"kind": "train", "iteration": 3, "val')  # killed mid-write
+    assert main(["report", str(run)]) == 0
+    assert main([*args, "train.iterations=3", "--out", str(run), "--resume"]) == 0
+    lines = log.read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line parses again
+    assert [r["iteration"] for r in records if r["kind"] == "train"] == [1, 2, 3]
+    assert main(["report", str(run)]) == 0
+    assert "curves.png" in (run / "report.md").read_text()

@@ -6,10 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from apoda.engine import trainer
 from apoda.errors import ApodaError
-from apoda.suites import MATCHED, STEP1, SUITES, Row, run_suite
+from apoda.methods import RunContext, build_method
+from apoda.models import build_segmenter
+from apoda.suites import FAMILIES, MATCHED, STEP1, SUITES, Row, row_config, run_suite
 from conftest import TINY
 
 TWO_ROWS = (STEP1, MATCHED, Row("asn", "ASN", "asn"))
@@ -62,3 +66,60 @@ def test_bad_suite_arguments(tmp_path: Path) -> None:
         run_suite("table9", tmp_path)
     with pytest.raises(ApodaError, match="--data 'kitti'"):
         run_suite("table1", tmp_path, data="kitti")
+
+
+# The loss term each positive weight adds to a step's log: a weight set by a suite row must
+# show up in what the method trains, not only in its config.
+WEIGHT_TERMS = {
+    "lambda_ent": "loss/ent_target",
+    "lambda_adv": "loss/adv_main",
+    "alpha_cst": "loss/cst",
+    "alpha_ent": "loss/ent_target",
+    "alpha_ent_adv": "loss/ent_target_adv",
+}
+
+
+def _value_at(config: object, dotted: str) -> object:
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_row_of_every_suite_builds_and_its_overrides_reach_the_method(
+    family: str, tmp_path: Path
+) -> None:
+    """Each row's overrides arrive in the built config and its method; on MiniCity each row
+    also takes one step and logs the term of every positive weight it was given (the
+    "ASN + Lovász + entropy" row once trained no entropy)."""
+    gen = torch.Generator().manual_seed(0)
+    source = {
+        "image": torch.randn(2, 3, 32, 64, generator=gen),
+        "label": torch.randint(0, 19, (2, 32, 64), generator=gen),
+    }
+    target = {"image": torch.randn(2, 3, 32, 64, generator=gen)}
+    for name, rows in SUITES.items():
+        for row in rows:
+            config = row_config(row, FAMILIES[family], tmp_path, seed=1)
+            where = f"{name}/{row.key} ({family})"
+            assert config.train.seed == 1, where
+            for override in row.overrides:
+                key, _, raw = override.partition("=")
+                assert _value_at(config, key) == yaml.safe_load(raw), (where, override)
+            assert (config.model.init_from is None) == (row.init is None), where
+            if family != "minicity":
+                continue
+            torch.manual_seed(0)
+            model = config.model
+            segmenter = build_segmenter(
+                model.arch, 19, cut=model.cut, multi_level=model.multi_level, bn_mode=model.bn_mode
+            )
+            method = build_method(segmenter, config, torch.device("cpu"))
+            assert method.name == config.method.name, where
+            if config.method.name == "adabn":
+                continue
+            method.prepare(RunContext(tuple(f"c{i}" for i in range(19)), {}))
+            log = method.train_step(source, target, 0)
+            for weight, term in WEIGHT_TERMS.items():
+                if getattr(config.method, weight, 0.0) > 0:
+                    assert term in log, (where, weight)

@@ -38,13 +38,13 @@ class AttackConfig:
     I-FGSM (Eq. 4) uses one eps and the betas (seg, l2, adv); the paper gives no values for them.
     """
 
-    name: str = "i_fgspm"
+    name: AttackName = "i_fgspm"
     iterations: int = 3
     eps_adv: float = 0.01
     eps_l2: float = 0.002
     eps_seg: float = 0.011
-    eps_mode: str = "absolute"
-    seg_objective: str = "lovasz"
+    eps_mode: Literal["absolute", "relative"] = "absolute"
+    seg_objective: Literal["lovasz", "ce"] = "lovasz"
     fgsm_eps: float = 0.011
     beta_seg: float = 1.0
     beta_l2: float = 1.0
@@ -52,8 +52,13 @@ class AttackConfig:
     momentum: float = 1.0
     fgspm_scale_eps: bool = True
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
-        """Raise ApodaError for a setting outside its allowed values."""
+        """Raise ApodaError for a setting outside its allowed values (also run on creation)."""
+        import math
+
         if self.name not in ATTACKS:
             raise ApodaError(f"attack.name {self.name!r} is not one of {', '.join(ATTACKS)}")
         if self.eps_mode not in ("absolute", "relative"):
@@ -62,6 +67,13 @@ class AttackConfig:
             raise ApodaError(f"attack.seg_objective {self.seg_objective!r}: expected lovasz or ce")
         if self.iterations < 1:
             raise ApodaError(f"attack.iterations must be >= 1, got {self.iterations}")
+        numbers = ("eps_adv", "eps_l2", "eps_seg", "fgsm_eps", "beta_seg", "beta_l2", "beta_adv")
+        for key in (*numbers, "momentum"):
+            if not math.isfinite(getattr(self, key)):
+                raise ApodaError(f"attack.{key} must be a finite number, got {getattr(self, key)}")
+        for key in ("eps_adv", "eps_l2", "eps_seg", "fgsm_eps"):
+            if getattr(self, key) < 0:
+                raise ApodaError(f"attack.{key} must be >= 0, got {getattr(self, key)}")
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apoda.config import load_config
+from apoda.config import Config, load_config
 from apoda.configs import resolve_config
 from apoda.engine.trainer import Trainer
 from apoda.errors import ApodaError
@@ -175,13 +175,19 @@ def _run_dir(out: Path, row: Row, seed: int) -> Path:
     return out / f"seed{seed}" / row.key
 
 
-def _train_row(row: Row, family: str, out: Path, seed: int, extra: Sequence[str]) -> dict[str, Any]:
-    run_dir = _run_dir(out, row, seed)
+def row_config(row: Row, family: str, out: Path, seed: int, extra: Sequence[str] = ()) -> Config:
+    """The config a row trains with: its built-in file, the seed, its overrides, the suite's
+    extra overrides, and its init row's checkpoint."""
     overrides = [f"train.seed={seed}", f"name={row.key}-seed{seed}", *row.overrides, *extra]
     if row.init is not None:
         init = _run_dir(out, Row(row.init, "", ""), seed) / "checkpoints" / "last.pt"
         overrides.append(f"model.init_from={init}")
-    config = load_config(resolve_config(f"{family}/{row.config}"), overrides)
+    return load_config(resolve_config(f"{family}/{row.config}"), overrides)
+
+
+def _train_row(row: Row, family: str, out: Path, seed: int, extra: Sequence[str]) -> dict[str, Any]:
+    run_dir = _run_dir(out, row, seed)
+    config = row_config(row, family, out, seed, extra)
     metrics = finished_metrics(run_dir, config)
     if metrics is not None:
         print(f"[{row.key} seed {seed}] finished before; not trained again")

@@ -1,4 +1,8 @@
-"""Built-in configs (YAML, shipped with the package): `minicity/apoda`, `gta5_to_cityscapes/...`."""
+"""Built-in configs (YAML, shipped with the package): `minicity/apoda`, `gta5_to_cityscapes/...`.
+
+Each family (folder) has a base file whose name starts with `_` (`_base.yaml`, and for MiniCity
+`_steps23.yaml`) holding its shared settings; every config inherits from a base (`_base_:`) and
+holds only its differences. Base files are not configs of their own and are not listed."""
 
 from __future__ import annotations
 
@@ -10,9 +14,11 @@ CONFIG_DIR = Path(__file__).parent
 
 
 def builtin_configs() -> list[str]:
-    """Names of the shipped configs, e.g. `minicity/source_only`."""
+    """Names of the shipped configs, e.g. `minicity/source_only` (base files `_*.yaml` left out)."""
     return sorted(
-        str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml")
+        str(p.relative_to(CONFIG_DIR).with_suffix(""))
+        for p in CONFIG_DIR.rglob("*.yaml")
+        if not p.name.startswith("_")
     )
 
 
