@@ -89,7 +89,7 @@ def method_config(name: str, amp: bool, arch: str) -> Config:
     """The MiniCity APODA config switched to `name`, with the brief's loss settings; D has the
     MiniCity width (32) on the small backbone and the paper's (64) on ResNet-101."""
     overrides = [f"method.name={name}", f"train.amp={str(amp).lower()}", "train.nonfinite=skip"]
-    if arch != "small":
+    if arch != "small" and name != "source_only":
         overrides.append("method.discriminator_width=64")
     if name in ("asn", "advent"):
         overrides.append("method.lambda_adv=0.001")
@@ -237,7 +237,7 @@ def time_setting(setting: Setting, args: argparse.Namespace, device: torch.devic
             "arch": setting.arch,
             "size": setting.size_label,
             "seg_loss": method.config.method.seg_loss,
-            "discriminator_width": method.config.method.discriminator_width,
+            "discriminator_width": getattr(method.config.method, "discriminator_width", None),
             "sec_per_iter_median": round(median, 4),
             "sec_per_iter_min": round(min(times[name]), 4),
             "sec_per_iter_max": round(max(times[name]), 4),

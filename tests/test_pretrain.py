@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from apoda.config import load_config
 from apoda.configs import resolve_config
 from apoda.engine.trainer import Trainer
+from apoda.errors import ApodaError
 from apoda.models import build_segmenter, load_pretrained
-from apoda.pretrain import BUILTIN, pretrain_minicity
+from apoda.models.build import BUILTIN_PRETRAINED
+from apoda.pretrain import pretrain_minicity, resolve_pretrained
 from conftest import TINY
 
 
@@ -34,12 +37,21 @@ def test_pretrained_backbone_is_cached_and_used_by_runs(
 
     run_cfg = load_config(
         resolve_config("minicity/source_only"),
-        [*overrides, f"model.pretrained={BUILTIN}", "train.iterations=1", "train.eval_every=0"],
+        [
+            *overrides,
+            f"model.pretrained={BUILTIN_PRETRAINED}",
+            "train.iterations=1",
+            "train.eval_every=0",
+        ],
     )
     # the built-in name resolves to the pretraining config's default length: pre-seed that file
     default = load_config(resolve_config("minicity/pretrain")).train.iterations
     target = path.with_name(path.name.replace("-i2.pth", f"-i{default}.pth"))
     torch.save(torch.load(path, weights_only=True), target)
     capsys.readouterr()
-    Trainer(run_cfg, tmp_path / "run").fit()
+    # built-in weights are resolved before a run's Trainer exists, never from inside it
+    with pytest.raises(ApodaError, match="names built-in weights: resolve them first"):
+        Trainer(run_cfg, tmp_path / "unresolved").fit()
+    assert resolve_pretrained(run_cfg) == target
+    Trainer(run_cfg, tmp_path / "run", pretrained_file=target).fit()
     assert f"from {target}" in capsys.readouterr().out  # the run loaded the cached backbone
