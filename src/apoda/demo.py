@@ -14,7 +14,7 @@ from apoda.engine.trainer import Trainer
 from apoda.evaluation import format_table
 from apoda.pretrain import resolve_pretrained
 from apoda.report import read_run, write_report
-from apoda.runs import finished_metrics
+from apoda.runs import LAST_CHECKPOINT, finished_metrics
 
 # A much shorter schedule on a small MiniCity, for smoke tests and CI.
 FAST_OVERRIDES = [
@@ -42,7 +42,7 @@ def demo_configs(out: Path, fast: bool) -> dict[str, Config]:
     common = FAST_OVERRIDES if fast else []
     step1 = common + ([f"train.iterations={FAST_ITERATIONS['source_only']}"] if fast else [])
     step23 = common + ([f"train.iterations={FAST_ITERATIONS['apoda']}"] if fast else [])
-    init = f"model.init_from={out / 'source_only' / 'checkpoints' / 'last.pt'}"
+    init = f"model.init_from={out / 'source_only' / LAST_CHECKPOINT}"
     return {
         "source_only": load_config(resolve_config("minicity/source_only"), step1),
         "apoda_none": load_config(

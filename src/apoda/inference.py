@@ -21,19 +21,14 @@ from apoda.engine.checkpoint import load_checkpoint, load_module_state
 from apoda.errors import ApodaError
 from apoda.evaluation import evaluate_segmenter
 from apoda.models import Segmenter, build_segmenter, upsample_logits
+from apoda.runs import METRICS_FILE, checkpoint_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def checkpoint_path(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder's `checkpoints/last.pt`."""
-    path = Path(path)
-    return path / "checkpoints" / "last.pt" if path.is_dir() else path
-
-
 def load_segmenter(path: str | Path) -> tuple[Segmenter, Config, dict[str, Any]]:
     """Rebuild the segmenter a checkpoint was trained with and load its weights."""
-    path = checkpoint_path(path)
+    path = checkpoint_file(path)
     state = load_checkpoint(path)
     config = config_from_dict(state["config"], saved=True)
     scheme = get_scheme(config.data.scheme)
@@ -89,7 +84,7 @@ def evaluate_checkpoint(
     colors: str | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """`apoda eval`: the field's protocol (full-resolution labels) on one split; metrics.json."""
-    path = checkpoint_path(checkpoint)
+    path = checkpoint_file(checkpoint)
     segmenter, config, state = load_segmenter(path)
     scheme = get_scheme(config.data.scheme)
     device = resolve_device(config.train.device)
@@ -111,7 +106,7 @@ def evaluate_checkpoint(
     )
     out_dir = Path(out) if out else path.parent.parent / f"eval-{data}-{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    out_file = out_dir / "metrics.json"
+    out_file = out_dir / METRICS_FILE
     out_file.write_text(json.dumps(metrics, indent=1))
     if colors:
         from apoda.evaluation import predict_full_res, save_color_predictions

@@ -66,7 +66,7 @@ def pretrain_minicity(config: Config, iterations: int | None = None) -> Path:
         run_dir,
         resume=run_dir.is_dir(),
     ).fit()
-    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["modules"]["segmenter"]
+    state = load_checkpoint(run_dir)["modules"]["segmenter"]
     backbone = {
         k.removeprefix("backbone."): v
         for k, v in upgrade_state_keys(state).items()

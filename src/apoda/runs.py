@@ -52,6 +52,12 @@ ORACLE_NOTE = (
 )
 
 
+def checkpoint_file(path: str | Path) -> Path:
+    """A checkpoint file as given, or a run folder's last checkpoint."""
+    path = Path(path)
+    return path / LAST_CHECKPOINT if path.is_dir() else path
+
+
 def is_oracle_selection(selection: Any) -> bool:
     """Whether a metrics.json `selection` value marks oracle selection (also the longer label
     that runs written before 0.2 carry)."""

@@ -25,7 +25,7 @@ from apoda.configs import resolve_config
 from apoda.engine.trainer import Trainer
 from apoda.errors import ApodaError
 from apoda.pretrain import resolve_pretrained
-from apoda.runs import finished_metrics
+from apoda.runs import LAST_CHECKPOINT, finished_metrics
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def row_config(row: Row, family: str, out: Path, seed: int, extra: Sequence[str]
     extra overrides, and its init row's checkpoint."""
     overrides = [f"train.seed={seed}", f"name={row.key}-seed{seed}", *row.overrides, *extra]
     if row.init is not None:
-        init = _run_dir(out, Row(row.init, "", ""), seed) / "checkpoints" / "last.pt"
+        init = _run_dir(out, Row(row.init, "", ""), seed) / LAST_CHECKPOINT
         overrides.append(f"model.init_from={init}")
     return load_config(resolve_config(f"{family}/{row.config}"), overrides)
 

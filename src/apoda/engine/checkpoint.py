@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from apoda.errors import ApodaError
+from apoda.runs import checkpoint_file
 
 FORMAT_VERSION = 1
 
@@ -32,9 +33,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint safely: a pickle that would run code is refused, not executed."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
+    path = checkpoint_file(path)
     if not path.is_file():
         raise ApodaError(f"checkpoint {path} does not exist")
     try:
