@@ -407,3 +407,18 @@ def test_discriminator_uses_leaky_relu_after_four_convs() -> None:
     for conv in (disc.conv1, disc.conv2, disc.conv3, disc.conv4):
         h = nn.functional.leaky_relu(conv(h), 0.2)
     assert torch.equal(disc(x), disc.classifier(h))
+
+
+def test_a_checkpoint_of_the_previous_format_loads_with_its_config() -> None:
+    """Its saved config holds every method's keys under `method` (the old single section):
+    they are dropped on load, the weights are renamed, the logits are reproduced."""
+    from apoda.config import SourceOnlyConfig
+    from apoda.inference import load_segmenter
+
+    path = Path(__file__).parent / "fixtures" / "legacy_small_layer4.pt"
+    segmenter, config, state = load_segmenter(path)
+    assert "lambda_adv" in state["config"]["method"]  # written by the old code
+    assert isinstance(config.method, SourceOnlyConfig)
+    with torch.no_grad():
+        logits = segmenter(state["reference"]["input"])
+    assert torch.equal(logits, state["reference"]["logits"])
