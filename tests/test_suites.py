@@ -12,7 +12,7 @@ import yaml
 from apoda.engine import trainer
 from apoda.errors import ApodaError
 from apoda.methods import RunContext, build_method
-from apoda.models import build_segmenter
+from apoda.models.build import architecture_from_config
 from apoda.suites import FAMILIES, MATCHED, STEP1, SUITES, Row, row_config, run_suite
 from conftest import TINY
 
@@ -110,10 +110,7 @@ def test_every_row_of_every_suite_builds_and_its_overrides_reach_the_method(
             if family != "minicity":
                 continue
             torch.manual_seed(0)
-            model = config.model
-            segmenter = build_segmenter(
-                model.arch, 19, cut=model.cut, multi_level=model.multi_level, bn_mode=model.bn_mode
-            )
+            segmenter = architecture_from_config(config, 19)
             method = build_method(segmenter, config, torch.device("cpu"))
             assert method.name == config.method.name, where
             if config.method.name == "adabn":

@@ -93,6 +93,11 @@ def _literal_error(where: str, value: Any, tp: Any) -> str:
     return f"{where}: expected one of {allowed}; got {value!r}"
 
 
+def _at_least_one(obj: Any, section: str, keys: typing.Iterable[str]) -> None:
+    for key in keys:
+        _require(getattr(obj, key) >= 1, f"{section}.{key}", getattr(obj, key), "at least 1")
+
+
 def _non_negative(obj: Any, section: str, keys: typing.Iterable[str]) -> None:
     for key in keys:
         _require(getattr(obj, key) >= 0, f"{section}.{key}", getattr(obj, key), ">= 0")
@@ -126,8 +131,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self, "data")
-        for key in ("batch_size", "eval_batch_size"):
-            _require(getattr(self, key) >= 1, f"data.{key}", getattr(self, key), "at least 1")
+        _at_least_one(self, "data", ["batch_size", "eval_batch_size"])
         _non_negative(self, "data", ["num_workers"])
         for key in ("max_source", "max_target", "max_val"):
             value = getattr(self, key)
@@ -204,12 +208,7 @@ class OutputAdversarialConfig:
         _check_fields(self, "method")
         _non_negative(self, "method", ["lambda_seg_aux", "lambda_ent", "lambda_adv"])
         _non_negative(self, "method", ["lambda_adv_aux"])
-        _require(
-            self.discriminator_width >= 1,
-            "method.discriminator_width",
-            self.discriminator_width,
-            "at least 1",
-        )
+        _at_least_one(self, "method", ["discriminator_width"])
 
 
 @dataclass
@@ -227,12 +226,7 @@ class ApodaConfig:
     def __post_init__(self) -> None:
         _check_fields(self, "method")
         _non_negative(self, "method", ["alpha_cst", "alpha_ent", "alpha_ent_adv"])
-        _require(
-            self.discriminator_width >= 1,
-            "method.discriminator_width",
-            self.discriminator_width,
-            "at least 1",
-        )
+        _at_least_one(self, "method", ["discriminator_width"])
 
 
 @dataclass
@@ -280,8 +274,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self, "train")
-        for key in ("iterations", "log_every", "checkpoint_every"):
-            _require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "at least 1")
+        _at_least_one(self, "train", ["iterations", "log_every", "checkpoint_every"])
         for key in ("eval_every", "samples"):
             _require(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "0 (off) or more")
         if self.select_best and self.eval_every == 0:

@@ -20,7 +20,8 @@ from apoda.distributed import resolve_device
 from apoda.engine.checkpoint import load_checkpoint, load_module_state
 from apoda.errors import ApodaError
 from apoda.evaluation import evaluate_segmenter
-from apoda.models import Segmenter, build_segmenter, upsample_logits
+from apoda.models import Segmenter, upsample_logits
+from apoda.models.build import architecture_from_config
 from apoda.runs import METRICS_FILE, checkpoint_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -32,15 +33,7 @@ def load_segmenter(path: str | Path) -> tuple[Segmenter, Config, dict[str, Any]]
     state = load_checkpoint(path)
     config = config_from_dict(state["config"], saved=True)
     scheme = get_scheme(config.data.scheme)
-    model = config.model
-    segmenter = build_segmenter(
-        model.arch,
-        scheme.num_classes,
-        cut=model.cut,
-        multi_level=model.multi_level,
-        aspp_legacy=model.aspp_legacy,
-        bn_mode=model.bn_mode,
-    )
+    segmenter = architecture_from_config(config, scheme.num_classes)
     load_module_state(segmenter, state["modules"]["segmenter"], "segmenter", path)
     segmenter.eval()
     return segmenter, config, state

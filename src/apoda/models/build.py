@@ -30,6 +30,19 @@ def builtin_pretrained_path(config: Config, iterations: int, n_randomised: int) 
     return cache_dir() / "pretrained" / f"{name}.pth"
 
 
+def architecture_from_config(config: Config, num_classes: int) -> Segmenter:
+    """The network `config.model` describes, with its fresh initial weights."""
+    model = config.model
+    return build_segmenter(
+        model.arch,
+        num_classes,
+        cut=model.cut,
+        multi_level=model.multi_level,
+        aspp_legacy=model.aspp_legacy,
+        bn_mode=model.bn_mode,
+    )
+
+
 def segmenter_from_config(
     config: Config,
     num_classes: int,
@@ -41,14 +54,7 @@ def segmenter_from_config(
     `pretrained_file` is what `model.pretrained` resolved to when it names built-in weights
     (see `apoda.pretrain.resolve_pretrained`); a plain path is used as it is."""
     model = config.model
-    segmenter = build_segmenter(
-        model.arch,
-        num_classes,
-        cut=model.cut,
-        multi_level=model.multi_level,
-        aspp_legacy=model.aspp_legacy,
-        bn_mode=model.bn_mode,
-    )
+    segmenter = architecture_from_config(config, num_classes)
     if model.pretrained:
         path = pretrained_file
         if path is None:
