@@ -68,6 +68,9 @@ DEFAULTS = {
     "small": Setting("small", "small", (64, 128), (64, 128), 8),  # MiniCity steps 2-3
     "r101": Setting("r101", "resnet101", (256, 512), (256, 512), 1),  # CPU-feasible DeepLab-v2
     "vgg16": Setting("vgg16", "vgg16", (256, 512), (256, 512), 1),
+    "efficientnet_lite0": Setting(
+        "efficientnet_lite0", "efficientnet_lite0", (256, 512), (256, 512), 1
+    ),
 }
 
 
@@ -351,7 +354,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=5, help="timed iterations per method")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations per method first")
     p.add_argument(
-        "--backbones", nargs="+", default=["small", "r101"], help="small, r101 and/or vgg16"
+        "--backbones",
+        nargs="+",
+        default=["small", "r101"],
+        help="small, r101, vgg16 and/or efficientnet_lite0",
     )
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--size", help="HxW or HxW,HxW (source,target) for every chosen backbone")

@@ -16,6 +16,7 @@ from apoda.engine.checkpoint import load_checkpoint
 from apoda.engine.trainer import Trainer
 from apoda.errors import ApodaError
 from apoda.models.build import BUILTIN_PRETRAINED, builtin_pretrained_path
+from apoda.models.efficientnet import BUILTIN_IMAGENET, package_weights_path
 from apoda.models.segmenter import upgrade_state_keys
 
 
@@ -25,14 +26,23 @@ def _randomised_count(config: Config, base: Config) -> int:
 
 
 def resolve_pretrained(config: Config) -> Path | None:
-    """The weights file of a built-in `model.pretrained` (pretrained now when not cached), or
-    None when the config names no built-in weights. Called before a run's Trainer exists."""
+    """The weights file of a built-in `model.pretrained` (pretrained now when not cached, or
+    the installed package's file for EfficientNet-Lite0's ImageNet weights), or None when the
+    config names no built-in weights. Called before a run's Trainer exists."""
     name = config.model.pretrained
     if not name or not name.startswith("builtin:"):
         return None
+    if name == BUILTIN_IMAGENET:
+        if config.model.arch != "efficientnet_lite0":
+            raise ApodaError(
+                f"model.pretrained {name!r} holds EfficientNet-Lite0 weights: it needs "
+                f"model.arch=efficientnet_lite0, not {config.model.arch!r}"
+            )
+        return package_weights_path()
     if name != BUILTIN_PRETRAINED:
         raise ApodaError(
-            f"model.pretrained {name!r}: the built-in weights are {BUILTIN_PRETRAINED}"
+            f"model.pretrained {name!r}: the built-in weights are {BUILTIN_PRETRAINED} "
+            f"and {BUILTIN_IMAGENET}"
         )
     return pretrain_minicity(config)
 

