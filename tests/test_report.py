@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from apoda.errors import ApodaError
@@ -21,7 +22,12 @@ from apoda.report import (
     read_run,
     write_report,
 )
-from apoda.report.plots import _moving_average
+from apoda.report.plots import (
+    _class_distribution_figure,
+    _curves_figure,
+    _moving_average,
+    _save,
+)
 
 CLASSES = ["road", "car", "sign", "bike"]
 TAIL = ["sign", "bike"]
@@ -334,3 +340,74 @@ def test_curves_accept_runs_with_only_eval_lines(tmp_path: Path) -> None:
     ]
     (folder / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     _assert_png(plot_curves([read_run(folder)], tmp_path / "c.png", window=5))
+
+
+def _short_run(root: Path, name: str, points: int, level: float = 1.0) -> Path:
+    """A run folder whose log holds `points` training lines of one loss (a short run)."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("method:\n  name: source_only\n")
+    lines = [
+        {"kind": "train", "iteration": i, "time": 0.1, "values": {"loss/seg": level - 0.1 * i}}
+        for i in range(1, points + 1)
+    ]
+    (folder / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return folder
+
+
+def _colour_pixels(path: Path, hex_colour: str) -> int:
+    colour = [int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    return int((pixels == colour).all(axis=-1).sum())
+
+
+C0, C1 = "#1f77b4", "#ff7f0e"  # matplotlib's first two cycle colours
+
+
+@pytest.mark.parametrize("points", [1, 2])
+def test_curves_of_a_short_run_show_its_values(tmp_path: Path, points: int) -> None:
+    run = read_run(_short_run(tmp_path, "short", points))
+    _assert_png(plot_curves([run], tmp_path / "curves.png"))
+    # The same picture without its legend (whose handle is drawn in the series' colour too):
+    # the series itself must leave pixels of its colour.
+    figure = _curves_figure([run])
+    for axes in figure.axes:
+        if axes.get_legend() is not None:
+            axes.get_legend().remove()
+    path = _save(figure, tmp_path / "no-legend.png")
+    assert _colour_pixels(path, C0) >= 10 * points
+
+
+def test_curves_of_two_short_runs_show_both(tmp_path: Path) -> None:
+    runs = [
+        read_run(_short_run(tmp_path, name, points, level))
+        for name, points, level in (("one", 1, 2.0), ("two", 2, 1.0))
+    ]
+    figure = _curves_figure(runs)
+    for axes in figure.axes:
+        axes.get_legend().remove()
+    path = _save(figure, tmp_path / "both.png")
+    assert _colour_pixels(path, C0) >= 10 and _colour_pixels(path, C1) >= 20
+
+
+def test_class_distribution_legend_does_not_cover_the_bars(
+    two_runs: list[Path], tmp_path: Path
+) -> None:
+    stats = read_run(two_runs[0]).stats
+    assert stats is not None and len(stats) == 2
+    figure = _class_distribution_figure(stats)
+    FigureCanvasAgg(figure).draw()
+    (axes,) = figure.axes
+    legend = axes.get_legend()
+    assert legend is not None and [t.get_text() for t in legend.get_texts()] == list(stats)
+    box = legend.get_window_extent()
+    bars = [bar for container in axes.containers for bar in container]
+    assert len(bars) == 2 * len(CLASSES)
+    for bar in bars:
+        assert not box.overlaps(bar.get_window_extent())
+    assert not box.overlaps(axes.get_window_extent())  # clear of the whole plotting area
+    # The saved picture keeps the legend (it lies outside the axes).
+    path = plot_class_distribution(stats, tmp_path / "dist.png")
+    with Image.open(path) as image:
+        assert image.size[0] >= box.x1 - axes.get_window_extent().x0

@@ -85,8 +85,14 @@ def plot_class_distribution(stats: Mapping[str, Mapping[str, Any]], path: str | 
     """Pixel share of each class per domain as side-by-side log-scale bars (paper Fig. 4/5).
 
     Classes are sorted by the first domain's share, largest first, so the long tail reads left to
-    right; tail classes (the union of every domain's `tail_classes`) are marked in red.
+    right; tail classes (the union of every domain's `tail_classes`) are marked in red. The legend
+    sits right of the axes, clear of the bars.
     """
+    return _save(_class_distribution_figure(stats), path)
+
+
+def _class_distribution_figure(stats: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """The figure `plot_class_distribution` saves."""
     if not stats:
         raise ApodaError("class distribution: no stats given (expected stats/source.json etc.)")
     domains = list(stats)
@@ -119,8 +125,9 @@ def plot_class_distribution(stats: Mapping[str, Mapping[str, Any]], path: str | 
     axes.set_ylabel("share of labelled pixels (%)")
     axes.set_title("class distribution (tail classes in red)")
     _mark_tail(axes, names, tail)
-    axes.legend()
-    return _save(figure, path)
+    # Outside the axes (to the right), so the legend never covers a bar.
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    return figure
 
 
 def plot_per_class_iou(runs: Sequence[Run], path: str | Path) -> Path:
@@ -298,10 +305,20 @@ def plot_gradient_intensity(run: Run, path: str | Path) -> Path:
     return _save(figure, path)
 
 
+_FEW_POINTS = 20
+"""A curve with fewer points than this is drawn with markers: a one-point line is invisible."""
+
+
 def plot_curves(runs: Sequence[Run], path: str | Path, window: int | None = None) -> Path:
     """One panel per logged quantity, runs overlaid: training values (faint) with a trailing
     moving average (solid; `window` lines, default about a tenth of the run), then evaluation
-    mIoU, head and tail mIoU over iterations. Attack keys are left to the gradient picture."""
+    mIoU, head and tail mIoU over iterations. Attack keys are left to the gradient picture.
+    Series of fewer than 20 points are drawn with markers, so a short run's values show."""
+    return _save(_curves_figure(runs, window), path)
+
+
+def _curves_figure(runs: Sequence[Run], window: int | None = None) -> Figure:
+    """The figure `plot_curves` saves."""
     keys = sorted(
         union(
             (k for k in r["values"] if not k.startswith("attack/"))
@@ -336,7 +353,8 @@ def plot_curves(runs: Sequence[Run], path: str | Path, window: int | None = None
             panel.plot(xy[:, 0], xy[:, 1], color=colour, alpha=0.25, lw=0.8)
             size = window if window is not None else max(1, len(xy) // 10)
             sx, sy = _moving_average(xy[:, 0], xy[:, 1], size)
-            panel.plot(sx, sy, color=colour, lw=1.5, label=run.name)
+            marker = "o" if len(sx) < _FEW_POINTS else None
+            panel.plot(sx, sy, color=colour, lw=1.5, marker=marker, ms=4, label=run.name)
         panel.set_title(key, fontsize="medium")
         panel.set_xlabel("iteration")
     for panel, key in zip(panels[len(keys) :], eval_keys, strict=True):
@@ -352,4 +370,4 @@ def plot_curves(runs: Sequence[Run], path: str | Path, window: int | None = None
     for panel in panels:
         if panel.get_legend_handles_labels()[0]:
             panel.legend(fontsize="x-small")
-    return _save(figure, path)
+    return figure
