@@ -1,3 +1,3 @@
 """apoda: unsupervised domain adaptation for semantic segmentation by adversarial perturbation."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from apoda import __version__
 from apoda.errors import ApodaError
 
 EXAMPLES = {
@@ -25,6 +28,21 @@ EXAMPLES = {
 }
 
 
+DATASETS = ["minicity", "gta5", "synthia", "cityscapes"]
+DEBUG_HELP = "show tracebacks on errors"
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -34,14 +52,20 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Start with `apoda demo`. Each command has --help with an example.",
         formatter_class=fmt,
     )
+    parser.add_argument("--version", action="version", version=f"apoda {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+    def add(name: str, help_text: str, epilog: str = "") -> argparse.ArgumentParser:
         p = sub.add_parser(
-            name, help=help_text, description=help_text, epilog=EXAMPLES[name], formatter_class=fmt
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=f"{epilog}{EXAMPLES[name]}",
+            formatter_class=fmt,
         )
-        p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+        # SUPPRESS: a subcommand without --debug keeps `apoda --debug COMMAND`'s value
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         return p
 
     p = add(
@@ -53,7 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="a much shorter schedule (smoke test, CI)")
     p.add_argument("--overwrite", action="store_true", help="retrain runs that already exist")
 
-    p = add("train", "Train one config: a YAML file or a built-in name such as minicity/apoda.")
+    from apoda.configs import builtin_configs
+
+    p = add(
+        "train",
+        "Train one config: a YAML file or a built-in name such as minicity/apoda.",
+        epilog=textwrap.fill(f"built-in configs: {', '.join(builtin_configs())}", 88) + "\n",
+    )
     p.add_argument("config", help="YAML file, or a built-in config name (see configs/)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.iterations=50")
     p.add_argument("--out", help="run folder (default runs/NAME)")
@@ -71,21 +101,44 @@ def _parser() -> argparse.ArgumentParser:
         "metrics.json.",
     )
     p.add_argument("checkpoint", help="checkpoint file or run folder")
-    p.add_argument("--data", required=True, choices=["minicity", "gta5", "synthia", "cityscapes"])
+    p.add_argument(
+        "--data",
+        choices=DATASETS,
+        help="the dataset to score on (default: the run's target: data.target with "
+        "data.target_root of its config)",
+    )
     p.add_argument("--root", help="dataset folder (not needed for minicity)")
     p.add_argument("--split", default=None, help="split (default: val for cityscapes/minicity)")
-    p.add_argument("--out", help="where to write metrics.json (default: beside the checkpoint)")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument(
+        "--out", help="where to write metrics.json (default: RUN/eval-DATA-SPLIT beside the run)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="images per forward pass (default: data.eval_batch_size of the run's config)",
+    )
     p.add_argument("--colors", help="also write colour PNGs of the predictions to this folder")
 
-    p = add("predict", "Write colour label maps and overlays for an image or a folder of images.")
+    p = add(
+        "predict",
+        "Write label maps for an image or a folder of images (walked recursively, subfolders "
+        "kept): NAME_labelTrainIds.png (8-bit train ids), NAME_labels.png (colours) and "
+        "NAME_overlay.png. NAME is the image's stem, or its file name when another image in "
+        "the folder has the same stem (street.png, street.jpg). Earlier outputs are skipped; "
+        "unreadable images are reported and skipped (exit status 1).",
+    )
     p.add_argument("checkpoint", help="checkpoint file or run folder")
-    p.add_argument("images", help="an image file or a folder of .png/.jpg images")
+    p.add_argument("images", help="an image file or a folder of .png/.jpg/.jpeg images")
     p.add_argument("--out", required=True, help="output folder")
 
     p = add("report", "Draw the pictures and report.md for one or more runs side by side.")
     p.add_argument("runs", nargs="+", help="run folders")
-    p.add_argument("--out", help="output folder (default: the single run's folder, or ./report)")
+    p.add_argument(
+        "--out",
+        help="output folder (default: the single run's own folder, where its report.md is "
+        "rewritten; several runs: ./report)",
+    )
 
     p = add("data", "Dataset tools: class statistics (the paper's Fig. 4/5) and MiniCity.")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="TOOL")
@@ -95,10 +148,27 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES["data"],
         formatter_class=fmt,
     )
-    s.add_argument("dataset", choices=["gta5", "synthia", "cityscapes", "minicity"])
-    s.add_argument("root", nargs="?", help="dataset folder (not needed for minicity)")
-    s.add_argument("--split", default=None)
+    s.add_argument("dataset", choices=DATASETS)
+    s.add_argument(
+        "root",
+        nargs="?",
+        help="dataset folder (minicity: a folder written by `apoda data minicity --out`; "
+        "default: the cache's MiniCity)",
+    )
+    s.add_argument(
+        "--split",
+        default=None,
+        choices=["source", "train", "val", "test"],
+        help="minicity: source (default), or the target's train or val; cityscapes: train, "
+        "val (default) or test; gta5 and synthia: train (the whole folder, default)",
+    )
     s.add_argument("--scheme", default=None, help="cityscapes19 (default) or synthia16")
+    s.add_argument(
+        "--tail-from",
+        help="a stats JSON of the source domain (written by --out): mark its tail classes, "
+        "the ones evaluation uses, instead of this split's own (minicity target splits use "
+        "MiniCity's source by default)",
+    )
     s.add_argument("--out", help="write the statistics as JSON here")
     s.add_argument("--plot", help="draw the sorted log-scale class distribution here (PNG)")
     m = data_sub.add_parser(
@@ -108,9 +178,13 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     m.add_argument("--out", help="folder (default: the cache, $APODA_CACHE or ~/.cache/apoda)")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--height", type=int, default=64)
-    m.add_argument("--width", type=int, default=128)
+    m.add_argument("--seed", type=int, default=0, help="random seed of the scenes (default 0)")
+    m.add_argument(
+        "--height", type=_positive_int, default=64, help="image height in pixels (default 64)"
+    )
+    m.add_argument(
+        "--width", type=_positive_int, default=128, help="image width in pixels (default 128)"
+    )
 
     p = add(
         "pretrain",
@@ -127,8 +201,18 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("suite", "Run one of the paper's tables on MiniCity or real data, with seeds.")
     p.add_argument("name", help="table1, table3, table4 or table5")
-    p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--data", default="minicity")
+    p.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        help="train every row with seeds 0 .. N-1; the table shows mean ± std (default 1)",
+    )
+    p.add_argument(
+        "--data",
+        default="minicity",
+        choices=["minicity", "gta5", "synthia"],
+        help="minicity (default), or gta5 / synthia to Cityscapes (set the roots as overrides)",
+    )
     p.add_argument("--out", help="output folder (default runs/suite-NAME)")
     p.add_argument("--fast", action="store_true", help="a much shorter schedule (smoke test)")
     p.add_argument(
@@ -179,26 +263,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics, out = evaluate_checkpoint(
         args.checkpoint, args.data, args.root, args.split, args.out, args.batch_size, args.colors
     )
+    print(f"evaluated on {metrics['dataset']} {metrics['split']}")
     _print_metrics(metrics)
     print(f"wrote {out}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from apoda.inference import predict_images
+    from apoda.prediction import predict_images
 
-    paths = predict_images(args.checkpoint, args.images, args.out)
-    print(f"wrote {len(paths)} label maps and overlays to {args.out}")
-    return 0
+    result = predict_images(args.checkpoint, args.images, args.out)
+    if result.skipped:
+        skipped = len(result.skipped)
+        print(f"skipped {skipped} earlier prediction output{'' if skipped == 1 else 's'}")
+    count = len(result.predicted)
+    noun = "image" if count == 1 else "images"
+    print(f"predicted {count} {noun} into {result.out} (label ids, colours, overlays)")
+    if not result.failures:
+        return 0
+    for file, reason in result.failures:
+        print(f"error: cannot read {file}: {reason} (skipped)", file=sys.stderr)
+    failed = len(result.failures)
+    noun = "image" if failed == 1 else "images"
+    print(f"{failed} {noun} could not be read", file=sys.stderr)
+    return 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from apoda.report import read_run, write_report
+    from apoda.runs import REPORT_FILE, writable_folder
 
     runs = [read_run(path) for path in args.runs]
     out = Path(args.out) if args.out else (Path(args.runs[0]) if len(runs) == 1 else Path("report"))
-    path = write_report(runs, out)
-    print(f"wrote {path}")
+    own_folder = len(runs) == 1 and out.resolve() == runs[0].path.resolve()
+    replaced = own_folder and (out / REPORT_FILE).is_file()
+    writable_folder(out)
+    if own_folder:  # a run's own report keeps the title training gave it
+        path = write_report(runs, out, title=f"apoda run {runs[0].config.get('name', out.name)}")
+    else:
+        path = write_report(runs, out)
+    print(f"rewrote {path}, the run's own report" if replaced else f"wrote {path}")
     return 0
 
 
@@ -212,14 +316,17 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     from apoda.inference import dataset_stats
 
-    stats = dataset_stats(args.dataset, args.root, args.split, args.scheme, args.out, args.plot)
+    stats = dataset_stats(
+        args.dataset, args.root, args.split, args.scheme, args.out, args.plot, args.tail_from
+    )
     width = max(len(n) for n in stats["class_names"])
     for name, frac in sorted(stats["pixel_fraction"].items(), key=lambda kv: -kv[1]):
         mark = "*" if name in stats["tail_classes"] else " "
         print(f"{mark}{name:<{width}}  {100 * frac:7.3f} %")
+    whose = f"of {stats['tail_from']}'s" if stats.get("tail_from") else "of the"
     print(
         f"{stats['num_images']} images; ignored {100 * stats['ignored_fraction']:.2f} % of pixels; "
-        f"* = tail (< 1 % of labelled pixels)"
+        f"* = tail (< 1 % {whose} labelled pixels)"
     )
     return 0
 
@@ -271,22 +378,27 @@ COMMANDS = {
 }
 
 
+def _show_warning(message: Warning | str, *_: object, **__: object) -> None:
+    """Warnings as one line on stderr (`--debug` keeps Python's format, with the source)."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `apoda` console script."""
     args = _parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except ApodaError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "interrupted; `apoda train ... --resume` continues from the last checkpoint",
-            file=sys.stderr,
-        )
-        return 130
+    with warnings.catch_warnings():
+        if not args.debug:
+            warnings.showwarning = _show_warning
+        try:
+            return COMMANDS[args.command](args)
+        except ApodaError as exc:
+            if args.debug:
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:  # a training run says what it saved
+            print(str(exc) or "interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

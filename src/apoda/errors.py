@@ -3,3 +3,7 @@
 
 class ApodaError(Exception):
     """Bad input or state that the user can fix: the message names the path or value at fault."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a training run between two steps; the message says what was saved."""

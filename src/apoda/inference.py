@@ -1,5 +1,6 @@
-"""Using trained models: score a checkpoint on a dataset, predict label maps for images, and
-build datasets by name for the CLI (`apoda eval`, `apoda predict`, `apoda data stats`)."""
+"""Using trained models and datasets by name: score a checkpoint on a dataset (`apoda eval`),
+rebuild a checkpoint's segmenter (also for `apoda predict`), class statistics
+(`apoda data stats`)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
-from apoda.config import Config, config_from_dict
+from apoda.config import Config, DataConfig, config_from_dict
 from apoda.data import SegmentationDataset, build_dataset, get_scheme
-from apoda.data.classes import ClassScheme, colorize
-from apoda.data.io import read_rgb
-from apoda.data.transforms import Normalisation, resize_image
+from apoda.data.classes import IGNORE_INDEX, ClassScheme
 from apoda.distributed import resolve_device
 from apoda.engine.checkpoint import load_checkpoint, load_module_state
 from apoda.errors import ApodaError
 from apoda.evaluation import evaluate_segmenter
-from apoda.models import Segmenter, upsample_logits
+from apoda.models import Segmenter
 from apoda.models.build import architecture_from_config
-from apoda.runs import METRICS_FILE, checkpoint_file
+from apoda.runs import EVAL_DIR_PREFIX, METRICS_FILE, checkpoint_file, writable_folder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -39,6 +36,23 @@ def load_segmenter(path: str | Path) -> tuple[Segmenter, Config, dict[str, Any]]
     return segmenter, config, state
 
 
+def minicity_folder(root: str | None, data: DataConfig) -> Path:
+    """A MiniCity folder given on the command line (checked), else the config's, generated into
+    the cache when missing."""
+    from apoda.engine.data import minicity_root
+
+    if root is None:
+        return minicity_root(data)
+    folder = Path(root).expanduser()
+    missing = [str(folder / sub) for sub in ("source", "target") if not (folder / sub).is_dir()]
+    if missing:
+        raise ApodaError(
+            f"{folder} is not a MiniCity folder (missing {', '.join(missing)}); expected what "
+            "`apoda data minicity --out DIR` writes, or no folder for the cache's MiniCity"
+        )
+    return folder
+
+
 def dataset_for(
     name: str,
     root: str | None,
@@ -48,13 +62,12 @@ def dataset_for(
     label_full_res: bool = True,
 ) -> tuple[SegmentationDataset, str]:
     """A labelled dataset by name (`minicity` means MiniCity's target domain, Cityscapes layout)."""
-    from apoda.engine.data import minicity_root
-
     data = config.data if config is not None else Config().data
     kwargs: dict[str, Any] = {"normalisation": data.normalisation, "label_full_res": label_full_res}
     if name == "minicity":
+        folder = minicity_folder(root, data)
         return build_dataset(
-            "cityscapes", minicity_root(data) / "target", split or "val", scheme, **kwargs
+            "cityscapes", folder / "target", split or "val", scheme, **kwargs
         ), split or "val"
     if root is None:
         raise ApodaError(f"--root is required for {name}: the folder of the dataset")
@@ -67,9 +80,33 @@ def dataset_for(
     ), split
 
 
+def _check_fits(
+    segmenter: Segmenter, dataset: SegmentationDataset, scheme: ClassScheme, device: torch.device
+) -> None:
+    """Before a whole evaluation: the model's classes are the scheme's, and its first image goes
+    through (an image of another channel count or a label of another scheme fails here)."""
+    if len(dataset) == 0:
+        raise ApodaError(f"{dataset.root}: no images to evaluate on")
+    if segmenter.num_classes != scheme.num_classes:
+        raise ApodaError(
+            f"the checkpoint predicts {segmenter.num_classes} classes but the class scheme "
+            f"{scheme.name} of the data has {scheme.num_classes}"
+        )
+    item = dataset[0]
+    labels = item["label"]
+    outside = labels[(labels != IGNORE_INDEX) & (labels >= scheme.num_classes)]
+    if outside.numel():
+        raise ApodaError(
+            f"{item.get('name', dataset.root)}: label values {sorted(set(outside.tolist()))[:5]} "
+            f"are outside the {scheme.num_classes} classes of {scheme.name}"
+        )
+    with torch.no_grad():
+        segmenter(item["image"][None].to(device))
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
-    data: str,
+    data: str | None,
     root: str | None,
     split: str | None,
     out: str | None,
@@ -79,10 +116,17 @@ def evaluate_checkpoint(
     """`apoda eval`: the field's protocol (full-resolution labels) on one split; metrics.json."""
     path = checkpoint_file(checkpoint)
     segmenter, config, state = load_segmenter(path)
+    if data is None or (data == config.data.target and root is None):
+        data, root = config.data.target, root or config.data.target_root
     scheme = get_scheme(config.data.scheme)
     device = resolve_device(config.train.device)
     segmenter.to(device)
     dataset, split = dataset_for(data, root, split, scheme, config)
+    _check_fits(segmenter, dataset, scheme, device)
+    default = path.parent.parent / f"{EVAL_DIR_PREFIX}{data}-{split}"
+    out_dir = writable_folder(Path(out) if out else default)
+    if colors:
+        writable_folder(Path(colors))
     tail = list(state.get("tail_classes") or [])
     metrics = evaluate_segmenter(
         segmenter,
@@ -97,8 +141,6 @@ def evaluate_checkpoint(
         checkpoint=str(path),
         progress=True,
     )
-    out_dir = Path(out) if out else path.parent.parent / f"eval-{data}-{split}"
-    out_dir.mkdir(parents=True, exist_ok=True)
     out_file = out_dir / METRICS_FILE
     out_file.write_text(json.dumps(metrics, indent=1))
     if colors:
@@ -113,42 +155,6 @@ def evaluate_checkpoint(
     return metrics, out_file
 
 
-def predict_images(checkpoint: str | Path, images: str | Path, out: str | Path) -> list[Path]:
-    """`apoda predict`: colour label maps and overlays for an image or a folder of images."""
-    segmenter, config, _ = load_segmenter(checkpoint)
-    scheme = get_scheme(config.data.scheme)
-    device = resolve_device(config.train.device)
-    segmenter.to(device)
-    source = Path(images)
-    if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    elif source.is_file():
-        files = [source]
-    else:
-        raise ApodaError(f"{source} is neither an image nor a folder of images")
-    if not files:
-        raise ApodaError(f"no .png/.jpg images in {source}")
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    norm = Normalisation(config.data.normalisation)
-    size = config.data.target_size
-    written = []
-    for file in files:
-        rgb = read_rgb(file)
-        net_in = resize_image(rgb, (int(size[0]), int(size[1]))) if size else rgb
-        with torch.no_grad():
-            logits = segmenter(norm.normalise(net_in)[None].to(device))
-            logits = upsample_logits(logits, rgb.shape[:2])
-        pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
-        color = colorize(pred, scheme)
-        overlay = (0.5 * rgb + 0.5 * color).astype(np.uint8)
-        for suffix, array in (("_labels", color), ("_overlay", overlay)):
-            target = out_dir / f"{file.stem}{suffix}.png"
-            Image.fromarray(array).save(target)
-            written.append(target)
-    return written
-
-
 def dataset_stats(
     name: str,
     root: str | None,
@@ -156,25 +162,54 @@ def dataset_stats(
     scheme_name: str | None,
     out: str | None,
     plot: str | None,
+    tail_from: str | None = None,
 ) -> dict[str, Any]:
-    """`apoda data stats`: class fractions of a dataset's labels, as JSON and a picture."""
+    """`apoda data stats`: class fractions of a dataset's labels, as JSON and a picture.
+
+    Tail classes are the source's (the ones evaluation reports): a target split's own rare
+    classes are not marked unless no source is known (`tail_from`, or MiniCity's own source)."""
     from apoda.data.stats import compute_stats
+    from apoda.engine.data import source_stats
     from apoda.report import plot_class_distribution
 
+    for target in (out, plot):
+        if target:
+            writable_folder(Path(target).parent)
     scheme = get_scheme(scheme_name or ("synthia16" if name == "synthia" else "cityscapes19"))
-    if name == "minicity" and split in (None, "source"):
-        from apoda.engine.data import minicity_root
-
-        dataset: SegmentationDataset = build_dataset(
-            "gta5", minicity_root(Config().data) / "source", "train", scheme
+    source: SegmentationDataset | None = None
+    if name == "minicity":
+        source = build_dataset(
+            "gta5", minicity_folder(root, Config().data) / "source", "train", scheme
         )
-        split = "source"
+    if name == "minicity" and split in (None, "source"):
+        assert source is not None
+        dataset, split = source, "source"
     else:
         dataset, split = dataset_for(name, root, split, scheme)
     stats = compute_stats(dataset, name, split, progress=True)
+    if tail_from:
+        stats["tail_classes"] = _tail_classes_of(Path(tail_from), scheme)
+        stats["tail_from"] = tail_from
+    elif source is not None and dataset is not source:
+        stats["tail_classes"] = source_stats(source, "minicity")["tail_classes"]
+        stats["tail_from"] = "minicity source"
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(stats, indent=1))
     if plot:
         plot_class_distribution({f"{name} {split}": stats}, plot)
     return stats
+
+
+def _tail_classes_of(path: Path, scheme: ClassScheme) -> list[str]:
+    """The tail classes a stats JSON (`apoda data stats --out`) lists, checked against `scheme`."""
+    try:
+        tail = json.loads(path.read_text())["tail_classes"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ApodaError(
+            f"--tail-from {path}: expected a stats JSON written by `apoda data stats --out` "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    unknown = sorted(set(tail) - set(scheme.class_names))
+    if unknown:
+        raise ApodaError(f"--tail-from {path}: classes {unknown} are not in {scheme.name}")
+    return list(tail)

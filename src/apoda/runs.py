@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -41,6 +42,9 @@ RUN_FILES = (
     CONFIG_FILE,
 )
 """Everything a training run writes into its folder (cleared by `--overwrite`)."""
+EVAL_DIR_PREFIX = "eval-"
+"""`apoda eval`'s default output folders inside a run, `eval-DATA-SPLIT` (scores of an older
+checkpoint: cleared by `--overwrite` too)."""
 
 SELECTION_FINAL = "final"
 SELECTION_ORACLE = "oracle-best"
@@ -67,27 +71,44 @@ def is_oracle_selection(selection: Any) -> bool:
 # --------------------------------------------------------------------------- folders
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def writable_folder(folder: Path) -> Path:
+    """Create `folder` if needed and check that a file can be written in it, before any work
+    whose results would go there; a one-line ApodaError naming it otherwise."""
+    if folder.exists() and not folder.is_dir():
+        raise ApodaError(f"output folder {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ApodaError(f"output folder {folder} cannot be written: {reason}") from None
+    return folder
+
+
+def prepare_run_dir(
+    run_dir: Path, resume: bool, overwrite: bool, log: Callable[[str], None] = print
+) -> None:
     """Refuse to clobber an existing run unless asked; check the folder can be written;
-    with `overwrite`, clear everything a run writes."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ApodaError(f"output folder {run_dir} exists and is not a folder")
+    with `overwrite`, clear everything a run writes. A folder that holds only what a run left
+    when it stopped before its first checkpoint (nothing to resume, no result) is cleared."""
     existing = run_dir.is_dir() and any(run_dir.iterdir())
-    if existing and not (resume or overwrite):
+    leftovers = (
+        existing
+        and (run_dir / CONFIG_FILE).is_file()
+        and not any((run_dir / name).exists() for name in (LAST_CHECKPOINT, METRICS_FILE))
+    )
+    if existing and not (resume or overwrite or leftovers):
         raise ApodaError(
             f"run folder {run_dir} already exists; pass --resume to continue it or --overwrite "
             f"to start it again"
         )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ApodaError(f"output folder {run_dir} cannot be written: {exc.strerror}") from None
-    if overwrite and not resume:
-        for name in RUN_FILES:
-            path = run_dir / name
+    writable_folder(run_dir)
+    if leftovers and not resume:
+        log(f"{run_dir} holds a run that stopped before its first checkpoint: starting afresh")
+    if (overwrite or leftovers) and not resume:
+        for path in [*(run_dir / name for name in RUN_FILES), *run_dir.glob(f"{EVAL_DIR_PREFIX}*")]:
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
@@ -172,6 +193,10 @@ class RunLog:
                 **{k: metrics[k] for k in keys if k in metrics},
             }
         )
+
+    def warning(self, iteration: int, message: str) -> None:
+        """Log a warning about the run (it also goes into metrics.json and the console)."""
+        self._write({"kind": "warning", "iteration": iteration, "message": message})
 
     def close(self) -> None:
         """Flush and close both sinks."""

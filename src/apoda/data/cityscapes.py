@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from apoda.data.classes import ClassScheme
+from apoda.data.classes import CITYSCAPES_LABEL_IDS, ClassScheme
 from apoda.data.io import DatasetOptions, SegmentationDataset, read_label_indices
 from apoda.errors import ApodaError
 
@@ -68,12 +68,15 @@ class CityscapesDataset(SegmentationDataset):
             raise ApodaError(
                 f"{len(unlabelled)} of {len(images)} images in {image_dir} have no label "
                 f"(first missing: {unlabelled[0]}); expected {self.layout}, "
-                "or pass labelled=False"
+                "or evaluate on a split with labels"
             )
         return pairs
 
     def _read_raw_label(self, path: Path) -> np.ndarray:
-        return self.scheme.cityscapes_lut[read_label_indices(path)]
+        raw = read_label_indices(path)
+        return self._map_ids(
+            raw, self.scheme.cityscapes_lut, CITYSCAPES_LABEL_IDS, "Cityscapes", path
+        )
 
     def _item_name(self, image_path: Path) -> str:
         return image_path.name[: -len(_IMAGE_SUFFIX)]

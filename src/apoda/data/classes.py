@@ -25,6 +25,20 @@ _CS_COLOR: dict[str, tuple[int, int, int]] = {
     lab.name: (int(lab.color[0]), int(lab.color[1]), int(lab.color[2])) for lab in _TRAIN_LABELS
 }
 
+
+def _id_mask(size: int, ids: Sequence[int]) -> np.ndarray:
+    mask = np.zeros(size, dtype=bool)
+    mask[list(ids)] = True
+    mask.flags.writeable = False
+    return mask
+
+
+CITYSCAPES_LABEL_IDS = _id_mask(256, [lab.id for lab in _CS_LABELS if lab.id >= 0])
+"""True at every id of the Cityscapes label table (0-33), train class or not: what a GTA5 or
+Cityscapes label file may hold. Other values are not classes at all (a broken or foreign file)."""
+SYNTHIA_LABEL_IDS = _id_mask(65536, range(23))
+"""True at the raw class ids of SYNTHIA-RAND-CITYSCAPES (0 void ... 22 lane marking)."""
+
 CITYSCAPES_CLASS_NAMES: tuple[str, ...] = tuple(lab.name for lab in _TRAIN_LABELS)
 """The 19 Cityscapes train classes in train-id order, spelled as cityscapesscripts spells them."""
 

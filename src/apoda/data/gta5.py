@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from apoda.data.classes import ClassScheme
+from apoda.data.classes import CITYSCAPES_LABEL_IDS, ClassScheme
 from apoda.data.io import DatasetOptions, SegmentationDataset, pair_by_name, read_label_indices
 from apoda.errors import ApodaError
 
@@ -58,4 +58,5 @@ class GTA5Dataset(SegmentationDataset):
         return pairs
 
     def _read_raw_label(self, path: Path) -> np.ndarray:
-        return self.scheme.cityscapes_lut[read_label_indices(path)]
+        raw = read_label_indices(path)
+        return self._map_ids(raw, self.scheme.cityscapes_lut, CITYSCAPES_LABEL_IDS, "GTA5", path)

