@@ -176,7 +176,7 @@ def test_a_read_only_out_is_refused_before_any_work(
         assert main(["predict", str(run), str(frames), "--out", str(read_only)]) == 2
         captured = capsys.readouterr()
         assert captured.out == ""
-        assert captured.err.startswith(f"error: cannot write to output folder {read_only}")
+        assert captured.err.startswith(f"error: output folder {read_only} cannot be written")
         assert captured.err.count("\n") == 1
         assert not list(read_only.iterdir())
     finally:

@@ -25,7 +25,6 @@ read is reported and skipped; the others are still predicted.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from apoda.distributed import resolve_device
 from apoda.errors import ApodaError
 from apoda.inference import IMAGE_SUFFIXES, load_segmenter
 from apoda.models import upsample_logits
+from apoda.runs import writable_folder
 
 TRAIN_IDS_SUFFIX = "_labelTrainIds.png"
 COLOUR_SUFFIX = "_labels.png"
@@ -144,19 +144,6 @@ def plan_outputs(source: Path, images: list[Path], out: Path) -> dict[Path, Path
     return plan
 
 
-def check_writable(out: Path) -> None:
-    """Create ``out`` and write a probe file in it; one ApodaError naming the folder if not."""
-    if out.exists() and not out.is_dir():
-        raise ApodaError(f"output folder {out} is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".apoda-write-check-"):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ApodaError(f"cannot write to output folder {out}: {reason}") from exc
-
-
 def predict_images(checkpoint: str | Path, images: str | Path, out: str | Path) -> PredictionResult:
     """Predict every image of ``images`` (a file, or a folder walked recursively) into ``out``.
 
@@ -170,7 +157,7 @@ def predict_images(checkpoint: str | Path, images: str | Path, out: str | Path) 
         note = f" ({len(skipped)} earlier prediction output{plural} skipped)" if skipped else ""
         suffixes = "/".join(IMAGE_SUFFIXES)
         raise ApodaError(f"no {suffixes} images in {source}{note}")
-    check_writable(out_dir)
+    writable_folder(out_dir)
     plan = plan_outputs(source, files, out_dir)
 
     segmenter, config, _ = load_segmenter(checkpoint)
