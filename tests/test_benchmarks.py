@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -42,3 +44,39 @@ def test_eval_speed_writes_images_per_second(tmp_path: Path) -> None:
     )  # fmt: skip
     result = json.loads(out.read_text())
     assert result["rows"][0]["images"] == 2 and result["machine"]["cpu_count"] >= 1
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_section_on_the_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    printed = _run(
+        "gpu_check.py", "--device", "cpu", "--tiny", "--threads", "2",
+        "--out", str(out), "--workdir", str(tmp_path / "work"),
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["complete"] and result["failed_sections"] == []
+    assert {"train_step", "eval_throughput", "apoda_eval", "bf16", "end_to_end"} <= set(result)
+    assert result["device"]["cuda"] is False and result["device"]["torch"]
+    assert {"name", "cuda_version"} <= set(result["device"])
+    rows = result["train_step"]["rows"]
+    assert {(r["backbone"], r["method"]) for r in rows} == {
+        (b, m)
+        for b in ("r101", "vgg16", "small")
+        for m in ("source_only", "asn", "advent", "apoda")
+    }
+    for r in rows:  # CPU: no invented GPU memory, bf16 rows skipped, float32 rows timed
+        assert r["from_cuda"] is False and r["peak_gpu_mb"] is None
+        assert ("skipped" in r) == (r["precision"] == "bf16")
+        assert r["precision"] == "bf16" or r["sec_per_iter_median"] > 0
+    assert result["train_step"]["ratios"]["r101/float32"]["apoda_over_asn_time"] > 0
+    assert result["train_step"]["ratios"]["r101/float32"]["apoda_over_asn_peak_memory"] is None
+    assert result["train_step"]["targets"]["r101/float32"]["time_met"] is None
+    assert all(r["images_per_sec"] > 0 for r in result["eval_throughput"]["rows"])
+    assert result["apoda_eval"]["rc"] == 0 and result["apoda_eval"]["images"] == 3
+    assert result["bf16"]["skipped"] is True and "CUDA" in result["bf16"]["reason"]
+    e2e = result["end_to_end"]
+    assert e2e["ok"] and [s["step"] for s in e2e["steps"]] == ["source_only", "apoda", "eval"]
+    assert e2e["steps"][2]["miou"] is not None
+    assert result["process_peak_rss_mb"] > 0
+    assert "| r101 | apoda | float32 |" in printed and "### End to end" in printed
+    assert "skipped: bf16 autocast is CUDA-only" in printed
