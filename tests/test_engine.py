@@ -105,11 +105,20 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path: Path, monkeypatch) 
 
 
 def test_existing_run_folder_is_refused(tmp_path: Path) -> None:
+    """A finished run, or a folder of other files, is never trained over without being asked
+    (a folder holding only what a run left before its first checkpoint is: see
+    test_bad_inputs)."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("name: x\n")
+    (run / "metrics.json").write_text("{}")
     with pytest.raises(ApodaError, match="already exists; pass --resume"):
         Trainer(_config(), run)
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "holiday.jpg").write_bytes(b"")
+    with pytest.raises(ApodaError, match="already exists; pass --resume"):
+        Trainer(_config(), other)
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +65,43 @@ def test_compute_stats_in_another_scheme_and_without_labels(tmp_path: Path) -> N
     target = CityscapesDataset(tmp_path / "cs", CITYSCAPES19, split="train", labelled=False)
     with pytest.raises(ApodaError, match="no labelled pixels"):
         compute_stats(target, "cityscapes", "train")
+
+
+def test_cell_ownership_matches_a_direct_count() -> None:
+    """Per class: pixels in the cells where it is the labelled majority (ties to the lower
+    index, ignore skipped, partial cells at the border dropped), against a plain loop."""
+    from apoda.data.stats import cell_ownership
+
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 4, (18, 26)).astype(np.uint8)  # 18x26: partial cells at the edge
+    label[0:3, 0:5] = 255
+    label[8:12, 8:12] = 255  # one cell all ignore: owned by nobody
+    expected = np.zeros((4, 2), dtype=np.int64)
+    for top in range(0, 16, 4):
+        for left in range(0, 24, 4):
+            cell = label[top : top + 4, left : left + 4].ravel()
+            counts = np.bincount(cell[cell < 4], minlength=4)
+            if counts.sum():
+                expected[int(np.argmax(counts)), 0] += counts.max()
+            expected[:, 1] += counts
+    assert cell_ownership(label, 4, 4).tolist() == expected.tolist()
+    whole = np.zeros((8, 8), dtype=np.uint8)
+    whole[:2, :2] = 1  # 4 pixels of class 1 in an 8x8 cell of class 0: owned at stride 2 only
+    assert cell_ownership(whole, 2, 8)[1].tolist() == [0, 4]
+    assert cell_ownership(whole, 2, 2)[1].tolist() == [4, 4]
+
+
+def test_data_stats_cells_prints_and_saves_the_share(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from apoda.cli import main
+    from apoda.data.minicity import MiniCityConfig, ensure_minicity
+
+    small = MiniCityConfig(n_source=4, n_target_train=2, n_target_val=2, height=16, width=32)
+    root = ensure_minicity(small, root=tmp_path / "mini")
+    out = tmp_path / "stats.json"
+    assert main(["data", "stats", "minicity", str(root), "--cells", "8", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "in owned 8x8 cells" in printed
+    stats = json.loads(out.read_text())
+    assert stats["cell_stride"] == 8
+    shares = [v for v in stats["cell_share"].values() if v is not None]
+    assert shares and all(0.0 <= v <= 1.0 for v in shares)

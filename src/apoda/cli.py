@@ -164,6 +164,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--scheme", default=None, help="cityscapes19 (default) or synthia16")
     s.add_argument(
+        "--cells",
+        type=_positive_int,
+        metavar="STRIDE",
+        help="also measure, per class, the share of its pixels in STRIDE x STRIDE cells it owns "
+        "(is the majority of): the feature cells a pointwise perturbation acts on at that "
+        "output stride (8 for DeepLab-v2)",
+    )
+    s.add_argument(
         "--tail-from",
         help="a stats JSON of the source domain (written by --out): mark its tail classes, "
         "the ones evaluation uses, instead of this split's own (minicity target splits use "
@@ -317,12 +325,26 @@ def cmd_data(args: argparse.Namespace) -> int:
     from apoda.inference import dataset_stats
 
     stats = dataset_stats(
-        args.dataset, args.root, args.split, args.scheme, args.out, args.plot, args.tail_from
+        args.dataset,
+        args.root,
+        args.split,
+        args.scheme,
+        args.out,
+        args.plot,
+        args.tail_from,
+        args.cells,
     )
     width = max(len(n) for n in stats["class_names"])
+    cells = stats.get("cell_share")
+    if cells:
+        print(f" {'class':<{width}}  {'pixels':>9}  in owned {args.cells}x{args.cells} cells")
     for name, frac in sorted(stats["pixel_fraction"].items(), key=lambda kv: -kv[1]):
         mark = "*" if name in stats["tail_classes"] else " "
-        print(f"{mark}{name:<{width}}  {100 * frac:7.3f} %")
+        line = f"{mark}{name:<{width}}  {100 * frac:7.3f} %"
+        if cells:
+            share = cells.get(name)
+            line += "  " + ("      -" if share is None else f"{100 * share:7.1f} %")
+        print(line)
     whose = f"of {stats['tail_from']}'s" if stats.get("tail_from") else "of the"
     print(
         f"{stats['num_images']} images; ignored {100 * stats['ignored_fraction']:.2f} % of pixels; "

@@ -163,12 +163,14 @@ def dataset_stats(
     out: str | None,
     plot: str | None,
     tail_from: str | None = None,
+    cells: int | None = None,
 ) -> dict[str, Any]:
     """`apoda data stats`: class fractions of a dataset's labels, as JSON and a picture.
 
     Tail classes are the source's (the ones evaluation reports): a target split's own rare
-    classes are not marked unless no source is known (`tail_from`, or MiniCity's own source)."""
-    from apoda.data.stats import compute_stats
+    classes are not marked unless no source is known (`tail_from`, or MiniCity's own source).
+    `cells`: also each class's share of pixels in the stride x stride cells it owns."""
+    from apoda.data.stats import cell_share, compute_stats
     from apoda.engine.data import source_stats
     from apoda.report import plot_class_distribution
 
@@ -186,10 +188,12 @@ def dataset_stats(
         dataset, split = source, "source"
     else:
         dataset, split = dataset_for(name, root, split, scheme)
+    source_tail = _tail_classes_of(Path(tail_from), scheme) if tail_from else None
     stats = compute_stats(dataset, name, split, progress=True)
     if tail_from:
-        stats["tail_classes"] = _tail_classes_of(Path(tail_from), scheme)
-        stats["tail_from"] = tail_from
+        stats["tail_classes"], stats["tail_from"] = source_tail, tail_from
+    if cells:
+        stats["cell_stride"], stats["cell_share"] = cells, cell_share(dataset, cells, progress=True)
     elif source is not None and dataset is not source:
         stats["tail_classes"] = source_stats(source, "minicity")["tail_classes"]
         stats["tail_from"] = "minicity source"

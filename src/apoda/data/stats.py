@@ -49,3 +49,39 @@ def compute_stats(
         "tail_threshold": threshold,
         "tail_classes": tail_classes(fraction, threshold),
     }
+
+
+def cell_ownership(label: np.ndarray, num_classes: int, stride: int) -> np.ndarray:
+    """Per class: [pixels in stride x stride cells that the class owns (is the majority of the
+    labelled pixels, ties to the lower index), all its pixels] for one label map. A pointwise
+    feature perturbation acts on cells: a class that owns none has no feature of its own."""
+    height, width = (label.shape[0] // stride) * stride, (label.shape[1] // stride) * stride
+    cells = label[:height, :width].reshape(height // stride, stride, width // stride, stride)
+    cells = cells.transpose(0, 2, 1, 3).reshape(-1, stride * stride).astype(np.int64)
+    cells = np.where(cells < num_classes, cells, num_classes)  # ignore -> the last bin
+    counts = np.zeros((cells.shape[0], num_classes + 1), dtype=np.int64)
+    np.add.at(counts, (np.arange(cells.shape[0])[:, None], cells), 1)
+    owner = counts[:, :num_classes].argmax(1)
+    has_labels = counts[:, :num_classes].sum(1) > 0
+    result = np.zeros((num_classes, 2), dtype=np.int64)
+    result[:, 1] = counts[:, :num_classes].sum(0)
+    owned = counts[np.arange(len(owner)), owner] * has_labels
+    np.add.at(result[:, 0], owner, owned)
+    return result
+
+
+def cell_share(
+    dataset: SegmentationDataset, stride: int, progress: bool = False
+) -> dict[str, float | None]:
+    """Each class's share of its pixels that lie in feature cells it owns (see
+    `cell_ownership`), over a dataset's labels at file resolution; None for absent classes."""
+    if stride < 1:
+        raise ApodaError(f"cell stride must be at least 1, got {stride}")
+    scheme = dataset.scheme
+    totals = np.zeros((scheme.num_classes, 2), dtype=np.int64)
+    for i in tqdm(range(len(dataset)), desc=f"cells /{stride}", disable=not progress):
+        totals += cell_ownership(dataset.read_label(i), scheme.num_classes, stride)
+    return {
+        name: (float(owned) / float(total) if total else None)
+        for name, (owned, total) in zip(scheme.class_names, totals, strict=True)
+    }
