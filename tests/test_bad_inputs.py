@@ -305,3 +305,19 @@ def test_the_last_logged_learning_rate_is_the_one_used(run: Path) -> None:
     base = 0.01
     assert lrs[-1] == pytest.approx(base * (1 - 1 / 2) ** 0.9, rel=1e-6)
     assert torch.tensor(lrs).gt(0).all()
+
+
+def test_eval_checks_that_the_model_fits_the_data_before_evaluating(tmp_path: Path) -> None:
+    """Another class count, or labels outside the scheme, fail on the first image, not after
+    a whole evaluation."""
+    from apoda.data import CITYSCAPES19, SYNTHIA16, build_dataset
+    from apoda.errors import ApodaError
+    from apoda.inference import _check_fits
+    from apoda.models import build_segmenter
+
+    root = make_cityscapes(tmp_path / "cs")
+    dataset = build_dataset("cityscapes", root, "val", CITYSCAPES19, label_full_res=True)
+    with pytest.raises(ApodaError, match="predicts 16 classes but the class scheme cityscapes19"):
+        _check_fits(build_segmenter("small", 16).eval(), dataset, CITYSCAPES19, torch.device("cpu"))
+    synthia = build_dataset("cityscapes", root, "val", SYNTHIA16, label_full_res=True)
+    _check_fits(build_segmenter("small", 16).eval(), synthia, SYNTHIA16, torch.device("cpu"))
