@@ -4,7 +4,8 @@ Every key and value is checked when a config is loaded: unknown keys, values of 
 values outside a `Literal`'s choices, non-finite numbers and out-of-range settings are
 ApodaErrors of one line that name the key, the value and what is valid. The `method` section is
 one dataclass per method, chosen by `method.name` (a key another method owns is an error, not
-silently ignored). A YAML file may inherit from another with `_base_: other.yaml`."""
+silently ignored). A YAML file may inherit from another with `_base_: other.yaml` (or from
+several, `_base_: [a.yaml, b.yaml]`)."""
 
 from __future__ import annotations
 
@@ -60,11 +61,12 @@ __all__ = [
 ]
 
 # "cityscapes" and "minicity_target" as a source train on target labels: the oracle;
-# "minicity_randomised" is MiniCity's domain-randomised split (backbone pretraining).
+# "minicity_randomised" is MiniCity's domain-randomised split (backbone pretraining);
+# "folder" is a dataset of one's own classes (apoda.data.folder: images/, labels/, classes.yaml).
 SourceName = Literal[
-    "gta5", "synthia", "minicity", "cityscapes", "minicity_target", "minicity_randomised"
+    "gta5", "synthia", "minicity", "cityscapes", "minicity_target", "minicity_randomised", "folder"
 ]
-TargetName = Literal["cityscapes", "minicity"]
+TargetName = Literal["cityscapes", "minicity", "folder"]
 SOURCES: tuple[str, ...] = typing.get_args(SourceName)
 TARGETS: tuple[str, ...] = typing.get_args(TargetName)
 SchemeName = Literal["cityscapes19", "synthia16"]  # apoda.data.classes
@@ -106,7 +108,10 @@ def _non_negative(obj: Any, section: str, keys: typing.Iterable[str]) -> None:
 # -- sections ------------------------------------------------------------------------------------
 @dataclass
 class DataConfig:
-    """Which datasets, where, at which size (width, height), and how images are normalised."""
+    """Which datasets, where, at which size (width, height), and how images are normalised.
+
+    `scheme` names the classes of the built-in datasets; a `folder` source takes its classes
+    from its own `classes.yaml` instead (and a `folder` target's must agree with them)."""
 
     source: SourceName = "minicity"
     target: TargetName = "minicity"
@@ -517,16 +522,21 @@ def _load_with_bases(path: Path, chain: tuple[Path, ...], shown: tuple[str, ...]
     base = data.pop("_base_", None)
     if base is None:
         return data
-    if not isinstance(base, str) or not base:
+    bases = base if isinstance(base, list) else [base]
+    if not bases or not all(isinstance(b, str) and b for b in bases):
         raise ApodaError(
-            f"config file {path}: _base_ must be a file name (relative to {path.name}), "
-            f"got {base!r}"
+            f"config file {path}: _base_ must be a file name or a list of file names "
+            f"(relative to {path.name}), got {base!r}"
         )
-    base_path = path.parent / base
-    if not base_path.is_file():
-        raise ApodaError(f"config file {path}: its _base_ {base_path} does not exist")
-    parent = _load_with_bases(base_path, (*chain, resolved), (*shown, str(path)))
-    return _merge(parent, data)
+    merged: dict[str, Any] = {}
+    for name in bases:
+        base_path = path.parent / name
+        if not base_path.is_file():
+            raise ApodaError(f"config file {path}: its _base_ {base_path} does not exist")
+        merged = _merge(
+            merged, _load_with_bases(base_path, (*chain, resolved), (*shown, str(path)))
+        )
+    return _merge(merged, data)
 
 
 def load_config_data(path: str | Path) -> dict[str, Any]:
@@ -534,7 +544,8 @@ def load_config_data(path: str | Path) -> dict[str, Any]:
 
     `_base_: other.yaml` (relative to the file) loads that file first (recursively) and merges
     this one over it, key by key; a `method` section naming another method than the base's
-    replaces the base's whole. Keys and values are checked later, by `config_from_dict`."""
+    replaces the base's whole. `_base_: [a.yaml, b.yaml]` merges b over a, then this file.
+    Keys and values are checked later, by `config_from_dict`."""
     path = Path(path)
     return _load_with_bases(path, (), ())
 

@@ -149,7 +149,8 @@ def metrics_dict(
 ) -> dict[str, Any]:
     """JSON-safe metrics of one evaluation: IoU in percent, NaN written as None.
 
-    ``head_miou`` and ``tail_miou`` average the classes outside / inside ``tail_classes``;
+    ``class_colors`` are the scheme's (the report paints with them); ``head_miou`` and
+    ``tail_miou`` average the classes outside / inside ``tail_classes``;
     ``subsets`` (e.g. mIoU16 and mIoU13) is present when the scheme reports several.
     """
     if cm.num_classes != scheme.num_classes:
@@ -165,6 +166,7 @@ def metrics_dict(
         "split": split,
         "num_classes": scheme.num_classes,
         "class_names": list(scheme.class_names),
+        "class_colors": [list(color) for color in scheme.colors],
         "miou": _percent(_nanmean(iou)),
         "per_class": {c: _percent(float(v)) for c, v in zip(scheme.class_names, iou, strict=True)},
         "tail_classes": list(tail_classes),

@@ -13,6 +13,8 @@ import torch
 from apoda.config import Config, DataConfig, config_from_dict
 from apoda.data import SegmentationDataset, build_dataset, get_scheme
 from apoda.data.classes import IGNORE_INDEX, ClassScheme
+from apoda.data.folder import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # what predict reads
+from apoda.data.folder import ClassList, FolderDataset, folder_classes, parse_classes
 from apoda.distributed import resolve_device
 from apoda.engine.checkpoint import load_checkpoint, load_module_state
 from apoda.errors import ApodaError
@@ -21,7 +23,22 @@ from apoda.models import Segmenter
 from apoda.models.build import architecture_from_config
 from apoda.runs import EVAL_DIR_PREFIX, METRICS_FILE, checkpoint_file, writable_folder
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+def checkpoint_classes(state: dict[str, Any], config: Config, path: Path) -> ClassList:
+    """The class list a checkpoint carries (names, colours, label encoding, ignore value);
+    checkpoints from before class lists: their config's built-in scheme as train ids."""
+    record = state.get("classes")
+    if record is None:
+        return ClassList.from_scheme(get_scheme(config.data.scheme))
+    return parse_classes(record, f"the class list of checkpoint {path}")
+
+
+def checkpoint_scheme(state: dict[str, Any], config: Config, path: Path) -> ClassScheme:
+    """The classes a checkpoint predicts: a folder-trained run's own class list, else the
+    built-in scheme its config names (with the raw-id tables that real datasets need)."""
+    if config.data.source != "folder":
+        return get_scheme(config.data.scheme)
+    return checkpoint_classes(state, config, path).scheme
 
 
 def load_segmenter(path: str | Path) -> tuple[Segmenter, Config, dict[str, Any]]:
@@ -29,7 +46,7 @@ def load_segmenter(path: str | Path) -> tuple[Segmenter, Config, dict[str, Any]]
     path = checkpoint_file(path)
     state = load_checkpoint(path)
     config = config_from_dict(state["config"], saved=True)
-    scheme = get_scheme(config.data.scheme)
+    scheme = checkpoint_scheme(state, config, path)
     segmenter = architecture_from_config(config, scheme.num_classes)
     load_module_state(segmenter, state["modules"]["segmenter"], "segmenter", path)
     segmenter.eval()
@@ -60,8 +77,10 @@ def dataset_for(
     scheme: ClassScheme,
     config: Config | None = None,
     label_full_res: bool = True,
+    classes: ClassList | None = None,
 ) -> tuple[SegmentationDataset, str]:
-    """A labelled dataset by name (`minicity` means MiniCity's target domain, Cityscapes layout)."""
+    """A labelled dataset by name (`minicity` means MiniCity's target domain, Cityscapes layout;
+    `folder` reads its labels with its own classes.yaml, else with `classes`, the model's)."""
     data = config.data if config is not None else Config().data
     kwargs: dict[str, Any] = {"normalisation": data.normalisation, "label_full_res": label_full_res}
     if name == "minicity":
@@ -71,6 +90,13 @@ def dataset_for(
         ), split or "val"
     if root is None:
         raise ApodaError(f"--root is required for {name}: the folder of the dataset")
+    if name == "folder":
+        folder = Path(root).expanduser()
+        is_source = data.source_root is not None and Path(data.source_root).expanduser() == folder
+        size = data.source_size if is_source else data.target_size
+        own = folder_classes(folder, classes or ClassList.from_scheme(scheme))
+        kwargs["size"] = tuple(size) if size else None
+        return FolderDataset(folder, own, split=split or "val", **kwargs), split or "val"
     size = None
     if config is not None:
         size = data.target_size if name == "cityscapes" else data.source_size
@@ -118,10 +144,11 @@ def evaluate_checkpoint(
     segmenter, config, state = load_segmenter(path)
     if data is None or (data == config.data.target and root is None):
         data, root = config.data.target, root or config.data.target_root
-    scheme = get_scheme(config.data.scheme)
+    scheme = checkpoint_scheme(state, config, path)
     device = resolve_device(config.train.device)
     segmenter.to(device)
-    dataset, split = dataset_for(data, root, split, scheme, config)
+    classes = checkpoint_classes(state, config, path)
+    dataset, split = dataset_for(data, root, split, scheme, config, classes=classes)
     _check_fits(segmenter, dataset, scheme, device)
     default = path.parent.parent / f"{EVAL_DIR_PREFIX}{data}-{split}"
     out_dir = writable_folder(Path(out) if out else default)

@@ -159,6 +159,7 @@ FAMILIES = {
     "minicity": "minicity",
     "gta5": "gta5_to_cityscapes",
     "synthia": "synthia_to_cityscapes",
+    "folder": "folder",
 }
 
 

@@ -42,6 +42,7 @@ class CityscapesDataset(SegmentationDataset):
             raise ApodaError(f"unknown Cityscapes split {split!r}; expected one of {SPLITS}")
         self.split = split
         self.labelled = labelled
+        self._lut = scheme.lut("Cityscapes")
         super().__init__(root, scheme, **options)
 
     def _find_pairs(self) -> list[tuple[Path, Path | None]]:
@@ -74,9 +75,7 @@ class CityscapesDataset(SegmentationDataset):
 
     def _read_raw_label(self, path: Path) -> np.ndarray:
         raw = read_label_indices(path)
-        return self._map_ids(
-            raw, self.scheme.cityscapes_lut, CITYSCAPES_LABEL_IDS, "Cityscapes", path
-        )
+        return self._map_ids(raw, self._lut, CITYSCAPES_LABEL_IDS, "Cityscapes", path)
 
     def _item_name(self, image_path: Path) -> str:
         return image_path.name[: -len(_IMAGE_SUFFIX)]

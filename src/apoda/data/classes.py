@@ -6,8 +6,10 @@ that it cannot drift from the reference; SYNTHIA's raw ids are mapped onto the s
 
 from __future__ import annotations
 
+import colorsys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as _CS_LABELS
@@ -70,14 +72,15 @@ class ClassScheme:
 
     ``cityscapes_lut`` (uint8[256]) maps a Cityscapes label id (also GTA5's label values) to this
     scheme's index, 255 for ignore; ``synthia_lut`` (uint8[65536]) does the same for raw SYNTHIA
-    class ids. ``eval_subsets`` names the index sets that mIoU is reported over. Compared by
-    identity (``eq=False``) because numpy arrays have no single truth value.
+    class ids; both are None for a scheme of one's own classes (a ``classes.yaml``).
+    ``eval_subsets`` names the index sets that mIoU is reported over. Compared by identity
+    (``eq=False``) because numpy arrays have no single truth value.
     """
 
     name: str
     class_names: tuple[str, ...]
     colors: tuple[tuple[int, int, int], ...]
-    cityscapes_lut: np.ndarray
+    cityscapes_lut: np.ndarray | None
     synthia_lut: np.ndarray | None
     eval_subsets: dict[str, tuple[int, ...]]
 
@@ -95,6 +98,17 @@ class ClassScheme:
                 f"class {class_name!r} is not in scheme {self.name!r}; "
                 f"expected one of {', '.join(self.class_names)}"
             ) from None
+
+    def lut(self, table: Literal["Cityscapes", "SYNTHIA"]) -> np.ndarray:
+        """The raw-id lookup table of a label table; ApodaError when the scheme has none."""
+        lut = self.cityscapes_lut if table == "Cityscapes" else self.synthia_lut
+        if lut is None:
+            raise ApodaError(
+                f"class scheme {self.name!r} has no {table} label-id mapping; read {table} "
+                "labels with a built-in scheme (data.scheme), and folder data with its own "
+                "classes.yaml"
+            )
+        return lut
 
 
 def _lut(size: int, id_of: Mapping[str, int], class_names: Sequence[str]) -> np.ndarray:
@@ -141,6 +155,30 @@ Reported as mIoU16 and as mIoU13 (without wall, fence, pole)."""
 _SCHEMES = {s.name: s for s in (CITYSCAPES19, SYNTHIA16)}
 
 
+def custom_scheme(
+    name: str, class_names: Sequence[str], colors: Sequence[tuple[int, int, int]]
+) -> ClassScheme:
+    """A scheme of one's own classes (no raw-id tables), reported as mIoU over all of them."""
+    return ClassScheme(
+        name=name,
+        class_names=tuple(class_names),
+        colors=tuple(colors),
+        cityscapes_lut=None,
+        synthia_lut=None,
+        eval_subsets={f"mIoU{len(class_names)}": tuple(range(len(class_names)))},
+    )
+
+
+def distinct_colors(count: int) -> list[tuple[int, int, int]]:
+    """``count`` well-separated colours (hues a golden-ratio step apart), for classes without
+    one; the same every time."""
+    colors = []
+    for i in range(count):
+        rgb = colorsys.hsv_to_rgb((0.1 + 0.618034 * i) % 1.0, 0.7 - 0.25 * (i // 8 % 2), 0.9)
+        colors.append((round(255 * rgb[0]), round(255 * rgb[1]), round(255 * rgb[2])))
+    return colors
+
+
 def get_scheme(name: str) -> ClassScheme:
     """Look a scheme up by name ("cityscapes19" or "synthia16")."""
     try:
@@ -151,21 +189,21 @@ def get_scheme(name: str) -> ClassScheme:
         ) from None
 
 
-def _palette(colors: Sequence[tuple[int, int, int]]) -> np.ndarray:
+def palette_of(colors: Sequence[Sequence[int]]) -> np.ndarray:
     """uint8 [256, 3] palette: index i -> colors[i], every other index black."""
     palette = np.zeros((256, 3), dtype=np.uint8)
     palette[: len(colors)] = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
     return palette
 
 
-CITYSCAPES_PALETTE: np.ndarray = _palette(CITYSCAPES19.colors)
+CITYSCAPES_PALETTE: np.ndarray = palette_of(CITYSCAPES19.colors)
 """uint8 [256, 3]: Cityscapes train id -> colour; 255 and unused ids are black."""
 CITYSCAPES_PALETTE.flags.writeable = False
 
 
 def scheme_palette(scheme: ClassScheme) -> np.ndarray:
     """uint8 [256, 3] palette of a scheme (for palette PNGs): index -> colour, others black."""
-    return _palette(scheme.colors)
+    return palette_of(scheme.colors)
 
 
 def colorize(label: np.ndarray, scheme: ClassScheme) -> np.ndarray:

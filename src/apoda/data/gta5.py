@@ -32,6 +32,7 @@ class GTA5Dataset(SegmentationDataset):
         **options: Unpack[DatasetOptions],
     ) -> None:
         self.list_file = None if list_file is None else Path(list_file)
+        self._lut = scheme.lut("Cityscapes")
         super().__init__(root, scheme, **options)
 
     def _find_pairs(self) -> list[tuple[Path, Path | None]]:
@@ -59,4 +60,4 @@ class GTA5Dataset(SegmentationDataset):
 
     def _read_raw_label(self, path: Path) -> np.ndarray:
         raw = read_label_indices(path)
-        return self._map_ids(raw, self.scheme.cityscapes_lut, CITYSCAPES_LABEL_IDS, "GTA5", path)
+        return self._map_ids(raw, self._lut, CITYSCAPES_LABEL_IDS, "GTA5", path)

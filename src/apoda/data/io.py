@@ -162,19 +162,28 @@ class SegmentationDataset(Dataset[dict[str, Any]], abc.ABC):
         `table` at all (`known` is False there, e.g. 200 in a Cityscapes file) become ignore like
         void ones, but are counted and warned about once per file: a broken or foreign label."""
         foreign = ~known[raw]
-        if path not in self._warned and foreign.any():
-            self._warned.add(path)
-            ids = np.unique(raw[foreign])
-            warnings.warn(
-                f"{path}: {int(foreign.sum())} pixels hold ids {ids[:5].tolist()} that are not "
-                f"in the {table} label table; they are ignored (255)",
-                stacklevel=2,
-            )
+        if foreign.any():
+            self._warn_foreign(path, int(foreign.sum()), np.unique(raw[foreign]).tolist(), table)
         return lut[raw]
+
+    def _warn_foreign(self, path: Path, pixels: int, ids: list[Any], table: str) -> None:
+        """Warn once per file that `pixels` pixels hold `ids` outside the label `table`."""
+        if path in self._warned:
+            return
+        self._warned.add(path)
+        warnings.warn(
+            f"{path}: {pixels} pixels hold ids {ids[:5]} that are not in the {table} label "
+            "table; they are ignored (255)",
+            stacklevel=3,
+        )
 
     def _item_name(self, image_path: Path) -> str:
         """Name of an item (used for prediction files): the image's stem by default."""
         return image_path.stem
+
+    def identity(self) -> str:
+        """What statistics computed from this dataset depend on (cache keys)."""
+        return f"{self.root.resolve()}|{len(self)}|{self.scheme.name}"
 
     def __len__(self) -> int:
         return len(self._pairs)

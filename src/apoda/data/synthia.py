@@ -9,7 +9,6 @@ import numpy as np
 
 from apoda.data.classes import SYNTHIA_LABEL_IDS, ClassScheme
 from apoda.data.io import DatasetOptions, SegmentationDataset, pair_by_name, read_synthia_label
-from apoda.errors import ApodaError
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -27,9 +26,7 @@ class SynthiaDataset(SegmentationDataset):
         scheme: ClassScheme,
         **options: Unpack[DatasetOptions],
     ) -> None:
-        if scheme.synthia_lut is None:
-            raise ApodaError(f"class scheme {scheme.name!r} has no SYNTHIA id mapping")
-        self._lut: np.ndarray = scheme.synthia_lut
+        self._lut = scheme.lut("SYNTHIA")
         super().__init__(root, scheme, **options)
 
     def _find_pairs(self) -> list[tuple[Path, Path | None]]:

@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from apoda.config import SOURCES, TARGETS, Config, DataConfig
 from apoda.data import ClassScheme, SegmentationDataset, build_dataset, get_scheme
+from apoda.data.check import scan_folder
+from apoda.data.folder import ClassList, FolderDataset, folder_classes, read_classes
 from apoda.data.transforms import AugmentConfig
 from apoda.errors import ApodaError
 
@@ -39,18 +41,20 @@ def _size(value: list[int] | None) -> tuple[int, int] | None:
 
 @dataclass
 class RunData:
-    """The three datasets of a run and their class scheme."""
+    """The three datasets of a run, their class scheme, and the class list that checkpoints
+    carry (a folder source's classes.yaml; its `tail`, if it names one, is the run's)."""
 
     scheme: ClassScheme
+    classes: ClassList
     source: SegmentationDataset
     target: SegmentationDataset
     val: SegmentationDataset
 
 
 def build_run_data(config: Config, need_train: bool = True) -> RunData:
-    """Build source, target-train and target-val datasets (roots and layouts checked here)."""
+    """Build source, target-train and target-val datasets (roots and layouts checked here;
+    for training, folder datasets pass the fast data check first)."""
     data = config.data
-    scheme = get_scheme(data.scheme)
     if data.source not in SOURCES:
         raise ApodaError(f"data.source {data.source!r}: expected one of {', '.join(SOURCES)}")
     if data.target not in TARGETS:
@@ -79,40 +83,60 @@ def build_run_data(config: Config, need_train: bool = True) -> RunData:
     src_name = layouts.get(data.source, data.source)
     src_root = root_of(data.source, data.source_root, "source_root")
     tgt_root = root_of(data.target, data.target_root, "target_root")
-    val = build_dataset(
-        "cityscapes",
-        tgt_root,
-        "val",
-        scheme,
-        size=_size(data.target_size),
-        label_full_res=True,
-        max_items=data.max_val,
-        **common,
-    )
+    if data.source == "folder":
+        classes = read_classes(src_root)
+        scheme = classes.scheme
+    else:
+        scheme = get_scheme(data.scheme)
+        classes = ClassList.from_scheme(scheme)
+    tgt_classes = folder_classes(tgt_root, classes) if data.target == "folder" else classes
+    if need_train:
+        _check_folders(data, src_root, classes, tgt_root, tgt_classes)
+
+    def target_split(split: str, **kwargs: Any) -> SegmentationDataset:
+        size = _size(data.target_size)
+        if data.target == "folder":
+            return FolderDataset(tgt_root, tgt_classes, split=split, size=size, **kwargs, **common)
+        return build_dataset("cityscapes", tgt_root, split, scheme, size=size, **kwargs, **common)
+
+    val = target_split("val", label_full_res=True, max_items=data.max_val)
     if not need_train:
-        return RunData(scheme, val, val, val)
-    source = build_dataset(
-        src_name,
-        src_root,
-        "train",
-        scheme,
-        size=_size(data.source_size),
-        augment=augment,
-        max_items=data.max_source,
+        return RunData(scheme, classes, val, val, val)
+    source_options: dict[str, Any] = {
+        "size": _size(data.source_size),
+        "augment": augment,
+        "max_items": data.max_source,
         **common,
-    )
-    target = build_dataset(
-        "cityscapes",
-        tgt_root,
-        "train",
-        scheme,
-        size=_size(data.target_size),
-        augment=augment,
-        max_items=data.max_target,
-        labelled=False,
-        **common,
-    )
-    return RunData(scheme, source, target, val)
+    }
+    if data.source == "folder":
+        source: SegmentationDataset = FolderDataset(src_root, classes, **source_options)
+    else:
+        source = build_dataset(src_name, src_root, "train", scheme, **source_options)
+    target = target_split("train", augment=augment, max_items=data.max_target, labelled=False)
+    return RunData(scheme, classes, source, target, val)
+
+
+def _check_folders(
+    data: DataConfig, src_root: Path, classes: ClassList, tgt_root: Path, tgt_classes: ClassList
+) -> None:
+    """The fast data check (`apoda.data.check`: every file's header, no pixel data) of a run's
+    folder datasets, and one size for what is batched at its file size."""
+    if data.source == "folder":
+        report = scan_folder(src_root, classes, decode=False)
+        report.require_clean()
+        if data.source_size is None and data.crop is None:
+            report.require_one_size("train", "set data.source_size=[W,H] (or data.crop)")
+    if data.target == "folder":
+        report = scan_folder(tgt_root, tgt_classes, decode=False)
+        report.require_clean()
+        if data.target_size is None and data.crop is None:
+            report.require_one_size("train", "set data.target_size=[W,H] (or data.crop)")
+        if data.target_size is None or data.eval_batch_size > 1:
+            report.require_one_size(
+                "val",
+                "set data.target_size=[W,H] and data.eval_batch_size=1 (labels are scored at "
+                "their own size)",
+            )
 
 
 def source_stats(dataset: SegmentationDataset, name: str) -> dict[str, Any]:
@@ -120,7 +144,7 @@ def source_stats(dataset: SegmentationDataset, name: str) -> dict[str, Any]:
     from apoda.data.minicity import cache_dir
     from apoda.data.stats import compute_stats
 
-    key = f"{name}|{dataset.root.resolve()}|{len(dataset)}|{dataset.scheme.name}"
+    key = f"{name}|{dataset.identity()}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     path = cache_dir() / "stats" / f"{name}-{digest}.json"
     if path.is_file():

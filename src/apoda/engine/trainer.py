@@ -121,7 +121,8 @@ class Trainer:
         scheme = self.data.scheme
         stats = source_stats(self.data.source, cfg.data.source)
         self.source_stats = stats
-        self.tail = list(cfg.data.tail_classes or stats["tail_classes"])
+        named = cfg.data.tail_classes or self.data.classes.tail  # config, else classes.yaml
+        self.tail = list(stats["tail_classes"] if named is None else named)
         unknown = sorted(set(self.tail) - set(scheme.class_names))
         if unknown:
             raise ApodaError(
@@ -129,7 +130,11 @@ class Trainer:
                 f"valid: {list(scheme.class_names)}"
             )
         self.segmenter = segmenter_from_config(
-            cfg, scheme.num_classes, log=self._print, pretrained_file=self.pretrained_file
+            cfg,
+            scheme.num_classes,
+            log=self._print,
+            pretrained_file=self.pretrained_file,
+            class_names=scheme.class_names,
         ).to(self.device)
         if cfg.train.channels_last and self.device.type == "cuda":
             self.segmenter.to(memory_format=torch.channels_last)
@@ -165,6 +170,7 @@ class Trainer:
             "best": self.best,
             "tail_classes": self.tail,
             "class_names": list(self.data.scheme.class_names),
+            "classes": self.data.classes.to_dict(),
         }
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()

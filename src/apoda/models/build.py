@@ -6,7 +6,7 @@ Built-in pretrained weights (`builtin:...`) must already be on disk: they are pr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from apoda.config import Config
@@ -48,11 +48,13 @@ def segmenter_from_config(
     num_classes: int,
     log: Callable[[str], None] = print,
     pretrained_file: Path | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> Segmenter:
     """The segmenter of `config` with its starting weights loaded.
 
     `pretrained_file` is what `model.pretrained` resolved to when it names built-in weights
-    (see `apoda.pretrain.resolve_pretrained`); a plain path is used as it is."""
+    (see `apoda.pretrain.resolve_pretrained`); a plain path is used as it is. `class_names`:
+    the run's classes, which a `model.init_from` checkpoint that names its own must match."""
     model = config.model
     segmenter = architecture_from_config(config, num_classes)
     if model.pretrained:
@@ -72,6 +74,12 @@ def segmenter_from_config(
         load_module_state(
             segmenter, state["modules"]["segmenter"], "segmenter", Path(model.init_from)
         )
+        saved = state.get("class_names")  # as many as the run's: the tensors fit
+        if class_names is not None and saved is not None and list(saved) != list(class_names):
+            raise ApodaError(
+                f"model.init_from {model.init_from} was trained on the classes {list(saved)}, "
+                f"this run has {list(class_names)}; start from a run of the same class list"
+            )
         log(
             f"initialised the segmenter from {model.init_from} (iteration {state.get('iteration')})"
         )

@@ -177,16 +177,23 @@ def plot_qualitative(
 
     Images and labels come from the first run with samples; every run with samples must hold the
     same number of images at the same size, since they must be predictions on the same images.
+    The default palette is that run's class colours (metrics.json), else Cityscapes'.
     """
     pairs = [(r, r.samples) for r in runs if r.samples is not None]
     if not pairs:
         raise ApodaError("qualitative: no run has samples.npz")
-    if palette is None:
-        from apoda.data.classes import CITYSCAPES_PALETTE
-
-        palette = CITYSCAPES_PALETTE
-    colours = _check_palette(palette)
     first, reference = pairs[0]
+    if palette is None:
+        from apoda.data.classes import CITYSCAPES_PALETTE, palette_of
+
+        run_colours = (first.metrics or {}).get("class_colors")
+        try:
+            palette = palette_of(run_colours) if run_colours else CITYSCAPES_PALETTE
+        except (ValueError, TypeError, OverflowError):
+            raise ApodaError(
+                f"qualitative: class_colors of {first.path / 'metrics.json'} are not [R, G, B]s"
+            ) from None
+    colours = _check_palette(palette)
     for run, samples in pairs[1:]:
         if samples.labels.shape != reference.labels.shape:
             raise ApodaError(
