@@ -1,4 +1,4 @@
-"""The `apoda` command line: demo, train, eval, predict, report, data, suite.
+"""The `apoda` command line: demo, train, eval, predict, export, report, data, suite.
 
 Errors for bad input are one line (`error: ...`); `--debug` shows the traceback."""
 
@@ -21,6 +21,7 @@ EXAMPLES = {
     "--out runs/apoda",
     "eval": "example: apoda eval runs/apoda --data cityscapes --root /data/cityscapes --split val",
     "predict": "example: apoda predict runs/apoda/checkpoints/last.pt frames/ --out predictions/",
+    "export": "example: apoda export runs/apoda --format onnx --out apoda.onnx",
     "report": "example: apoda report runs/demo/source_only runs/demo/apoda --out runs/compare",
     "data": "example: apoda data stats gta5 /data/gta5 --out gta5.json --plot gta5.png",
     "suite": "example: apoda suite table3 --seeds 3 --out runs/table3",
@@ -29,6 +30,7 @@ EXAMPLES = {
 
 
 DATASETS = ["minicity", "gta5", "synthia", "cityscapes"]
+EVAL_DATASETS = [*DATASETS, "folder"]
 DEBUG_HELP = "show tracebacks on errors"
 
 
@@ -103,12 +105,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint file or run folder")
     p.add_argument(
         "--data",
-        choices=DATASETS,
+        choices=EVAL_DATASETS,
         help="the dataset to score on (default: the run's target: data.target with "
-        "data.target_root of its config)",
+        "data.target_root of its config); folder: a folder dataset (README, 'Your own data')",
     )
     p.add_argument("--root", help="dataset folder (not needed for minicity)")
-    p.add_argument("--split", default=None, help="split (default: val for cityscapes/minicity)")
+    p.add_argument(
+        "--split", default=None, help="split (default: val for cityscapes, minicity and folder)"
+    )
     p.add_argument(
         "--out", help="where to write metrics.json (default: RUN/eval-DATA-SPLIT beside the run)"
     )
@@ -128,9 +132,34 @@ def _parser() -> argparse.ArgumentParser:
         "the folder has the same stem (street.png, street.jpg). Earlier outputs are skipped; "
         "unreadable images are reported and skipped (exit status 1).",
     )
-    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument(
+        "checkpoint",
+        help="checkpoint file or run folder, or a model written by `apoda export` (.onnx, or "
+        ".pt/.ts TorchScript: run on the CPU at the size it was exported at)",
+    )
     p.add_argument("images", help="an image file or a folder of .png/.jpg/.jpeg images")
     p.add_argument("--out", required=True, help="output folder")
+
+    p = add(
+        "export",
+        "Write a checkpoint's segmenter (upsampling to the input size included) as one ONNX or "
+        "TorchScript file for deployment, with its normalisation, input size and classes as "
+        "metadata, and check the written file against PyTorch on a sample image: it must match "
+        "PyTorch's logits within a float32 rounding tolerance (printed), or nothing is written.",
+    )
+    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=["onnx", "torchscript"],
+        help="onnx (needs pip install 'apoda[export]') or torchscript",
+    )
+    p.add_argument("--out", required=True, help="the file to write: .onnx, or .pt/.ts")
+    p.add_argument(
+        "--size",
+        help="HEIGHTxWIDTH to export and check at (default: the run's data.target_size, else "
+        "the size of its target's validation images, else its MiniCity image size)",
+    )
 
     p = add("report", "Draw the pictures and report.md for one or more runs side by side.")
     p.add_argument("runs", nargs="+", help="run folders")
@@ -140,7 +169,11 @@ def _parser() -> argparse.ArgumentParser:
         "rewritten; several runs: ./report)",
     )
 
-    p = add("data", "Dataset tools: class statistics (the paper's Fig. 4/5) and MiniCity.")
+    p = add(
+        "data",
+        "Dataset tools: class statistics (the paper's Fig. 4/5), the check of a folder dataset, "
+        "and MiniCity.",
+    )
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="TOOL")
     s = data_sub.add_parser(
         "stats",
@@ -179,11 +212,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", help="write the statistics as JSON here")
     s.add_argument("--plot", help="draw the sorted log-scale class distribution here (PNG)")
+    c = data_sub.add_parser(
+        "check",
+        help="read every file of a folder dataset once: counts, sizes, class fractions and "
+        "every problem with its file (exit status 1 when there are problems)",
+        description="Read every file of a folder dataset (ROOT/classes.yaml, ROOT/images/SPLIT/, "
+        "ROOT/labels/SPLIT/) once and print one table of counts, image sizes and class "
+        "fractions per split, then every problem with the file it is in: images without a "
+        "label, labels without an image, label and image sizes that differ, values not in "
+        "classes.yaml, unreadable or 16-bit files, labels that are not 8-bit PNGs of the kind "
+        "classes.yaml names. Exit status 1 when there are problems.",
+        epilog="example: apoda data check /data/my_source",
+        formatter_class=fmt,
+    )
+    c.add_argument("root", help="the folder dataset (a folder with images/, labels/, classes.yaml)")
     m = data_sub.add_parser(
         "minicity",
         help="generate the MiniCity benchmark",
-        epilog="example: apoda data minicity --out /tmp/minicity",
+        epilog="example: apoda data minicity --out /tmp/minicity   (plain folders of 7 "
+        "categories: apoda data minicity --layout folder --out data/minicity-folders)",
         formatter_class=fmt,
+    )
+    m.add_argument(
+        "--layout",
+        choices=["minicity", "folder"],
+        default="minicity",
+        help="minicity (default): GTA5 and Cityscapes layouts, 19 classes; folder: OUT/source "
+        "and OUT/target as folder datasets of the 7 Cityscapes categories (needs --out)",
     )
     m.add_argument("--out", help="folder (default: the cache, $APODA_CACHE or ~/.cache/apoda)")
     m.add_argument("--seed", type=int, default=0, help="random seed of the scenes (default 0)")
@@ -218,8 +273,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         default="minicity",
-        choices=["minicity", "gta5", "synthia"],
-        help="minicity (default), or gta5 / synthia to Cityscapes (set the roots as overrides)",
+        choices=["minicity", "gta5", "synthia", "folder"],
+        help="minicity (default), gta5 / synthia to Cityscapes, or folder datasets (set the "
+        "roots as overrides: data.source_root=DIR data.target_root=DIR)",
     )
     p.add_argument("--out", help="output folder (default runs/suite-NAME)")
     p.add_argument("--fast", action="store_true", help="a much shorter schedule (smoke test)")
@@ -297,6 +353,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from apoda.export import RUNTIMES, export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, args.format, args.out, args.size)
+    height, width = result.size
+    print(
+        f"exported to {result.out} ({result.format}): input image float32 [batch, 3, {height}, "
+        f"{width}] normalised, output logits [batch, {result.num_classes}, {height}, {width}]; "
+        f"dynamic axes: {', '.join(result.dynamic_axes)}"
+    )
+    print(
+        f"check on {result.sample} and its mirror: {RUNTIMES[result.format]} vs PyTorch logits, "
+        f"max |difference| {result.max_difference:.3g} (max |logit| {result.max_logit:.3g})"
+    )
+    tolerance = result.tolerance
+    print(
+        f"tolerance {tolerance.formula()} (N roundings on a path, u float32's unit roundoff, "
+        "T the largest sum of |terms| of a logit): passed"
+    )
+    print(f"argmax agreement: {100 * result.argmax_agreement:.2f} % of {result.pixels} pixels")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from apoda.report import read_run, write_report
     from apoda.runs import REPORT_FILE, writable_folder
@@ -316,12 +395,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "minicity":
-        from apoda.data.minicity import MiniCityConfig, ensure_minicity
+        return _data_minicity(args)
+    if args.data_command == "check":
+        from apoda.data.check import format_report, scan_folder
 
-        cfg = MiniCityConfig(seed=args.seed, height=args.height, width=args.width)
-        root = ensure_minicity(cfg, root=Path(args.out) if args.out else None)
-        print(f"MiniCity at {root}")
-        return 0
+        report = scan_folder(args.root, progress=True)
+        print(format_report(report))
+        return 1 if report.all_problems else 0
     from apoda.inference import dataset_stats
 
     stats = dataset_stats(
@@ -350,6 +430,23 @@ def cmd_data(args: argparse.Namespace) -> int:
         f"{stats['num_images']} images; ignored {100 * stats['ignored_fraction']:.2f} % of pixels; "
         f"* = tail (< 1 % {whose} labelled pixels)"
     )
+    return 0
+
+
+def _data_minicity(args: argparse.Namespace) -> int:
+    from apoda.data.minicity import MiniCityConfig, ensure_minicity
+
+    cfg = MiniCityConfig(seed=args.seed, height=args.height, width=args.width)
+    if args.layout == "minicity":
+        root = ensure_minicity(cfg, root=Path(args.out) if args.out else None)
+        print(f"MiniCity at {root}")
+        return 0
+    from apoda.data.minicity_folder import write_minicity_folder
+
+    if not args.out:
+        raise ApodaError("--layout folder needs --out DIR: where to write the folder datasets")
+    source, target = write_minicity_folder(ensure_minicity(cfg), Path(args.out))
+    print(f"MiniCity as folder datasets of 7 categories: source {source}, target {target}")
     return 0
 
 
@@ -392,6 +489,7 @@ COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "predict": cmd_predict,
+    "export": cmd_export,
     "report": cmd_report,
     "data": cmd_data,
     "demo": cmd_demo,

@@ -8,6 +8,12 @@ For each input image three PNGs are written, at the image's own resolution:
 * ``NAME_labels.png``: the same map in the scheme's colours;
 * ``NAME_overlay.png``: the colours blended half and half with the image.
 
+A model trained on folder data paints its own classes' colours (the class list its checkpoint
+carries) and writes their legend, ``OUT/classes.yaml`` (name, train id, colour of each class).
+The model may also be a file written by `apoda export` (``.onnx``, or TorchScript ``.pt``/``.ts``):
+it runs on the CPU, each image resized to the size it was exported at, and its metadata gives the
+normalisation and the classes.
+
 Output naming: a folder is walked recursively and an image ``IN/sub/street.png`` is written as
 ``OUT/sub/street_*.png`` (the relative folder is kept). ``NAME`` is the image's stem, unless
 another image in the same folder has the same stem (``street.png`` and ``street.jpg``; compared
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,15 +40,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from apoda.data import get_scheme
-from apoda.data.classes import colorize
+from apoda.data.folder import CLASSES_FILE, ClassList
 from apoda.data.io import read_rgb
 from apoda.data.transforms import Normalisation, resize_image
 from apoda.distributed import resolve_device
 from apoda.errors import ApodaError
-from apoda.inference import IMAGE_SUFFIXES, load_segmenter
+from apoda.export import exported_format, load_exported
+from apoda.inference import IMAGE_SUFFIXES, checkpoint_scheme, load_segmenter
 from apoda.models import upsample_logits
-from apoda.runs import writable_folder
+from apoda.runs import checkpoint_file, writable_folder
 
 TRAIN_IDS_SUFFIX = "_labelTrainIds.png"
 COLOUR_SUFFIX = "_labels.png"
@@ -144,6 +150,44 @@ def plan_outputs(source: Path, images: list[Path], out: Path) -> dict[Path, Path
     return plan
 
 
+@dataclass
+class _Network:
+    """What prediction needs of a model: `run` maps a normalised batch on `device` to logits at
+    its size; images are resized to `size` (width, height) first, or kept at their own size when
+    it is None; `colors` (uint8 [C, 3]) colours each class index; `legend`: a model of its own
+    classes names them, train id and colour, in OUT/classes.yaml."""
+
+    run: Callable[[torch.Tensor], torch.Tensor]
+    device: torch.device
+    norm: Normalisation
+    size: tuple[int, int] | None
+    colors: np.ndarray
+    legend: ClassList | None = None
+
+
+def _open_network(checkpoint: str | Path) -> _Network:
+    """A checkpoint or run folder, on its run's device and at its run's target size; or a file
+    written by `apoda export`, on the CPU at the size it was exported at."""
+    if exported_format(checkpoint) is not None:
+        model = load_exported(checkpoint)
+        height, width = model.size
+        cpu = torch.device("cpu")
+        size = (width, height)
+        return _Network(model.run, cpu, model.normalisation, size, model.colors, model.legend)
+    segmenter, config, state = load_segmenter(checkpoint)
+    device = resolve_device(config.train.device)
+    size = config.data.target_size
+    scheme = checkpoint_scheme(state, config, checkpoint_file(checkpoint))
+    return _Network(
+        segmenter.to(device),
+        device,
+        Normalisation(config.data.normalisation),
+        (int(size[0]), int(size[1])) if size else None,
+        np.asarray(scheme.colors, dtype=np.uint8),
+        ClassList.from_scheme(scheme) if config.data.source == "folder" else None,
+    )
+
+
 def predict_images(checkpoint: str | Path, images: str | Path, out: str | Path) -> PredictionResult:
     """Predict every image of ``images`` (a file, or a folder walked recursively) into ``out``.
 
@@ -160,12 +204,9 @@ def predict_images(checkpoint: str | Path, images: str | Path, out: str | Path) 
     writable_folder(out_dir)
     plan = plan_outputs(source, files, out_dir)
 
-    segmenter, config, _ = load_segmenter(checkpoint)
-    scheme = get_scheme(config.data.scheme)
-    device = resolve_device(config.train.device)
-    segmenter.to(device)
-    norm = Normalisation(config.data.normalisation)
-    size = config.data.target_size
+    network = _open_network(checkpoint)
+    if network.legend is not None:
+        network.legend.write(out_dir / CLASSES_FILE)
     result = PredictionResult(out=out_dir, skipped=skipped)
     for file in files:
         try:
@@ -175,12 +216,12 @@ def predict_images(checkpoint: str | Path, images: str | Path, out: str | Path) 
             reason = str(exc).removeprefix(f"cannot read image {file}: ")
             result.failures.append((file, reason))
             continue
-        net_in = resize_image(rgb, (int(size[0]), int(size[1]))) if size else rgb
+        net_in = resize_image(rgb, network.size) if network.size else rgb
         with torch.no_grad():
-            logits = segmenter(norm.normalise(net_in)[None].to(device))
+            logits = network.run(network.norm.normalise(net_in)[None].to(network.device))
             logits = upsample_logits(logits, rgb.shape[:2])
         pred = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
-        color = colorize(pred, scheme)
+        color = network.colors[pred]
         overlay = (0.5 * rgb + 0.5 * color).astype(np.uint8)
         stem = plan[file]
         stem.parent.mkdir(parents=True, exist_ok=True)
