@@ -55,6 +55,7 @@ from torch import nn
 import apoda.methods.apoda as apoda_module
 from apoda.config import Config, config_to_dict, load_config
 from apoda.configs import resolve_config
+from apoda.demo import TINY_MINICITY
 from apoda.engine.checkpoint import save_checkpoint
 from apoda.evaluation import ConfusionMatrix, predict_full_res
 from apoda.methods import Batch, Method, build_method
@@ -105,17 +106,7 @@ MINICITY_FULL = [
     "train.progress=false",
     "train.samples=0",
 ]
-MINICITY_TINY = [  # tests/conftest.py TINY
-    "data.minicity.n_source=16",
-    "data.minicity.n_target_train=16",
-    "data.minicity.n_target_val=8",
-    "data.minicity.height=32",
-    "data.minicity.width=64",
-    "data.batch_size=4",
-    "data.eval_batch_size=8",
-    "train.progress=false",
-    "train.samples=2",
-]
+MINICITY_TINY = TINY_MINICITY
 
 
 def is_cuda(device: torch.device) -> bool:

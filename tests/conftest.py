@@ -9,18 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from apoda.demo import TINY_MINICITY
+
 # Tiny MiniCity settings used by the engine, CLI and demo tests (generated once per session).
-TINY = [
-    "data.minicity.n_source=16",
-    "data.minicity.n_target_train=16",
-    "data.minicity.n_target_val=8",
-    "data.minicity.height=32",
-    "data.minicity.width=64",
-    "data.batch_size=4",
-    "data.eval_batch_size=8",
-    "train.progress=false",
-    "train.samples=2",
-]
+TINY = TINY_MINICITY
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -144,13 +144,18 @@ def _no_model(*args: object) -> None:
     raise AssertionError("the model was loaded before --out was checked")
 
 
+def _model_never_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A run path whose model must not be loaded, and a folder with one image."""
+    monkeypatch.setattr("apoda.prediction.load_segmenter", _no_model)
+    frames = tmp_path / "frames"
+    _image(frames / "a.png")
+    return tmp_path / "no-run", frames
+
+
 def test_an_out_that_cannot_be_created_is_refused_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("apoda.prediction.load_segmenter", _no_model)
-    run = tmp_path / "no-run"
-    frames = tmp_path / "frames"
-    _image(frames / "a.png")
+    run, frames = _model_never_loaded(tmp_path, monkeypatch)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     for out in (blocker, blocker / "pred"):  # a file; a folder that cannot be created
@@ -163,10 +168,7 @@ def test_an_out_that_cannot_be_created_is_refused_before_any_work(
 def test_a_read_only_out_is_refused_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("apoda.prediction.load_segmenter", _no_model)
-    run = tmp_path / "no-run"
-    frames = tmp_path / "frames"
-    _image(frames / "a.png")
+    run, frames = _model_never_loaded(tmp_path, monkeypatch)
     read_only = tmp_path / "read-only"
     read_only.mkdir()
     read_only.chmod(0o555)

@@ -28,6 +28,18 @@ FAST_OVERRIDES = [
     "train.log_every=5",
     "train.samples=4",
 ]
+TINY_MINICITY = [
+    "data.minicity.n_source=16",
+    "data.minicity.n_target_train=16",
+    "data.minicity.n_target_val=8",
+    "data.minicity.height=32",
+    "data.minicity.width=64",
+    "data.batch_size=4",
+    "data.eval_batch_size=8",
+    "train.progress=false",
+    "train.samples=2",
+]
+"""The smallest MiniCity runs that exercise every part (the tests and `--tiny` smoke checks)."""
 FAST_ITERATIONS = {"source_only": 20, "apoda": 8}
 
 ROWS = (
