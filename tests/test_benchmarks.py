@@ -80,3 +80,28 @@ def test_gpu_check_runs_every_section_on_the_cpu(tmp_path: Path) -> None:
     assert result["process_peak_rss_mb"] > 0
     assert "| r101 | apoda | float32 |" in printed and "### End to end" in printed
     assert "skipped: bf16 autocast is CUDA-only" in printed
+
+
+def test_step_time_counts_grouped_conv_backward_flops_right() -> None:
+    """A depthwise conv's backward costs twice its forward (input and weight gradients), not
+    `groups` times more, and a plain conv's too: against the multiply-adds counted by hand."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        from step_time import conv_backward_flops
+    finally:
+        sys.path.remove(str(BENCH))
+
+    for groups in (1, 8):
+        conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=groups, bias=False)
+        x = torch.randn(2, 8, 5, 7, requires_grad=True)
+        counter = FlopCounterMode(
+            display=False,
+            custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops},
+        )
+        with counter:
+            conv(x).sum().backward()
+        macs = 2 * 8 * 5 * 7 * (8 // groups) * 3 * 3  # per output element: Cin/groups * k * k
+        assert counter.get_total_flops() == 3 * 2 * macs  # forward + 2 gradients, 2 FLOPs/MAC
