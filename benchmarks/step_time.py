@@ -91,9 +91,9 @@ def parse_sizes(text: str) -> tuple[Size, Size]:
 
 def method_config(name: str, amp: bool, arch: str) -> Config:
     """The MiniCity APODA config switched to `name`, with the brief's loss settings; D has the
-    MiniCity width (32) on the small backbone and the paper's (64) on ResNet-101."""
+    MiniCity width (32) on the CPU backbones and the paper's (64) on ResNet-101 and VGG-16."""
     overrides = [f"method.name={name}", f"train.amp={str(amp).lower()}", "train.nonfinite=skip"]
-    if arch != "small" and name != "source_only":
+    if arch in ("resnet101", "vgg16") and name != "source_only":  # the paper's D width
         overrides.append("method.discriminator_width=64")
     if name in ("asn", "advent"):
         overrides.append("method.lambda_adv=0.001")
