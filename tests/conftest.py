@@ -27,3 +27,15 @@ def apoda_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("APODA_CACHE", None)
     else:
         os.environ["APODA_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def one_iteration_run(tmp_path_factory: pytest.TempPathFactory, apoda_cache: Path) -> Path:
+    """A finished one-iteration MiniCity source-only run (32x64 images, no data.target_size),
+    shared by the tests that only read it (predict, export)."""
+    from apoda.cli import main
+
+    folder = tmp_path_factory.mktemp("one-iteration") / "run"
+    args = ["train", "minicity/source_only", *TINY, "train.iterations=1", "train.eval_every=0"]
+    assert main([*args, "--out", str(folder)]) == 0
+    return folder

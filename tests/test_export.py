@@ -22,7 +22,6 @@ from apoda.data import get_scheme
 from apoda.data.transforms import Normalisation
 from apoda.export import load_exported, rounding_tolerance
 from apoda.inference import load_segmenter
-from conftest import TINY
 
 FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 TOLERANCE_LINE = re.compile(
@@ -33,12 +32,9 @@ TOLERANCE_LINE = re.compile(
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, apoda_cache: Path) -> Path:
-    """A one-iteration MiniCity source-only run (32x64 images, no data.target_size)."""
-    folder = tmp_path_factory.mktemp("export") / "run"
-    args = ["train", "minicity/source_only", *TINY, "train.iterations=1", "train.eval_every=0"]
-    assert main([*args, "--out", str(folder)]) == 0
-    return folder
+def run(one_iteration_run: Path) -> Path:
+    """The shared one-iteration run (conftest): only read here."""
+    return one_iteration_run
 
 
 @pytest.fixture(scope="module")

@@ -13,18 +13,14 @@ from PIL import Image
 from apoda.cli import main
 from apoda.data import get_scheme
 from apoda.prediction import is_prediction_output, output_names
-from conftest import TINY
 
 OUTPUTS = ("_labelTrainIds.png", "_labels.png", "_overlay.png")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, apoda_cache: Path) -> Path:
-    """A one-iteration MiniCity source-only run (its checkpoint is all predict needs)."""
-    folder = tmp_path_factory.mktemp("predict") / "run"
-    args = ["train", "minicity/source_only", *TINY, "train.iterations=1", "train.eval_every=0"]
-    assert main([*args, "--out", str(folder)]) == 0
-    return folder
+def run(one_iteration_run: Path) -> Path:
+    """The shared one-iteration run (conftest): only read here."""
+    return one_iteration_run
 
 
 def _image(path: Path, size: tuple[int, int] = (40, 24), value: int = 120) -> Path:

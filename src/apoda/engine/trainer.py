@@ -302,12 +302,15 @@ class Trainer:
                     f"iteration {it + 1}: non-finite value in {exc.term}; the run stopped. "
                     f"{self._what_is_saved()} (set train.nonfinite=skip to skip such steps)"
                 ) from None
-            lrs = {f"lr/{k}": o.param_groups[-1]["lr"] for k, o in self.method.optimizers.items()}
+            done = it + 1
+            log_now = done % cfg.train.log_every == 0 or done == total
+            if log_now:  # the lr this step used, read before the schedule moves on
+                lrs = {
+                    f"lr/{k}": o.param_groups[-1]["lr"] for k, o in self.method.optimizers.items()
+                }
             for sched in self.schedulers.values():
                 sched.step()
-            done = it + 1
             bar.update(1)
-            log_now = done % cfg.train.log_every == 0 or done == total
             if log_now:
                 values = mean_over_ranks(values)  # collective: every rank, same iterations
             if runlog is not None and log_now:
