@@ -48,6 +48,25 @@ def test_fast_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "train.iterations: 20 -> 1000" in captured.err and "--overwrite" in captured.err
 
 
+@pytest.mark.slow
+def test_fast_imagenet_demo_runs_the_paper_regime_configs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--fast", "--imagenet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "loaded 240/240 backbone tensors" in printed  # step 1 starts from ImageNet weights
+    assert "| class | source only | APODA attack off | APODA |" in printed
+    assert json.loads((out / "summary.json").read_text())["family"] == "minicity_imagenet"
+    for run in ("source_only", "apoda_none", "apoda"):
+        cfg = (out / run / "config.yaml").read_text()
+        assert "arch: efficientnet_lite0" in cfg and "bn_mode: frozen" in cfg, run
+    assert "MiniCity (128x256, ImageNet EfficientNet-Lite0)" in (out / "report.md").read_text()
+    # the default demo does not pass these runs off as its own
+    assert main(["demo", "--fast", "--out", str(out)]) == 2
+    assert "model.arch: 'efficientnet_lite0' -> 'small'" in capsys.readouterr().err
+
+
 def test_oracle_selection_is_flagged_in_the_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

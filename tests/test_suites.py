@@ -9,10 +9,14 @@ import pytest
 import torch
 import yaml
 
+from apoda.cli import main
+from apoda.config import load_config
+from apoda.configs import builtin_configs, resolve_config
 from apoda.engine import trainer
 from apoda.errors import ApodaError
 from apoda.methods import RunContext, build_method
 from apoda.models.build import architecture_from_config
+from apoda.runs import config_differences
 from apoda.suites import FAMILIES, MATCHED, STEP1, SUITES, Row, row_config, run_suite
 from conftest import TINY
 
@@ -120,3 +124,46 @@ def test_every_row_of_every_suite_builds_and_its_overrides_reach_the_method(
             for weight, term in WEIGHT_TERMS.items():
                 if getattr(config.method, weight, 0.0) > 0:
                     assert term in log, (where, weight)
+
+
+def test_rows_option_runs_the_rows_asked_for_and_the_rows_they_start_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "suite"
+    extra = [*TINY, "train.iterations=1", "train.eval_every=0"]
+    assert main(["suite", "table1", *extra, "--out", str(out), "--rows", "apoda_adabn"]) == 0
+    # apoda_adabn starts from adabn, which starts from step 1: those three and no other
+    assert sorted(p.name for p in (out / "seed0").iterdir()) == ["adabn", "apoda_adabn", "step1"]
+    table = (out / "table.md").read_text()
+    assert "APODA from AdaBN" in table and "| ASN |" not in table
+    assert main(["suite", "table1", "--out", str(out), "--rows", "apoda,nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--rows nope: not rows of this suite" in err and "apoda_none" in err
+
+
+def test_minicity_imagenet_configs_are_their_minicity_twins_in_the_regime() -> None:
+    """Each config of the paper's-regime family differs from its MiniCity twin only in the
+    regime's keys (size, backbone, batch, rates, BN), so a table in it compares the same rows."""
+    regime = {
+        "name",
+        "data.batch_size",
+        "data.minicity.height",
+        "data.minicity.width",
+        "model.arch",
+        "model.pretrained",
+        "model.bn_mode",
+        "optim.lr",
+        "optim.classifier_lr_mult",
+        "train.samples",
+    }
+    names = [c.split("/")[1] for c in builtin_configs() if c.startswith("minicity_imagenet/")]
+    assert sorted(names) == sorted({r.config for rows in SUITES.values() for r in rows})
+    for name in names:
+        twin = load_config(resolve_config(f"minicity/{name}"))
+        config = load_config(resolve_config(f"minicity_imagenet/{name}"))
+        diffs = set(config_differences(twin, config))
+        step1 = {"train.iterations", "train.eval_every", "train.checkpoint_every"}
+        assert diffs <= regime | (step1 if name == "source_only" else set()), (name, diffs)
+        assert (config.model.arch, config.data.minicity.height) == ("efficientnet_lite0", 128)
+        # AdaBN needs train-mode BN; every other row keeps the ImageNet statistics frozen
+        assert config.model.bn_mode == ("train" if name == "adabn" else "frozen"), name

@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--fast", action="store_true", help="a much shorter schedule (smoke test, CI)")
     p.add_argument("--overwrite", action="store_true", help="retrain runs that already exist")
+    p.add_argument(
+        "--imagenet",
+        action="store_true",
+        help="the paper's regime: MiniCity at 128x256 with the ImageNet EfficientNet-Lite0 as G "
+        "(configs minicity_imagenet/*; slower than the default demo: benchmarks/README.md)",
+    )
 
     from apoda.configs import builtin_configs
 
@@ -273,9 +279,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         default="minicity",
-        choices=["minicity", "gta5", "synthia", "folder"],
-        help="minicity (default), gta5 / synthia to Cityscapes, or folder datasets (set the "
-        "roots as overrides: data.source_root=DIR data.target_root=DIR)",
+        choices=["minicity", "minicity_imagenet", "gta5", "synthia", "folder"],
+        help="minicity (default); minicity_imagenet: MiniCity at 128x256 with the ImageNet "
+        "EfficientNet-Lite0 (the paper's regime, slower); gta5 / synthia to Cityscapes; or "
+        "folder datasets (set the roots as overrides: data.source_root=DIR data.target_root=DIR)",
     )
     p.add_argument("--out", help="output folder (default runs/suite-NAME)")
     p.add_argument("--fast", action="store_true", help="a much shorter schedule (smoke test)")
@@ -288,6 +295,11 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="train only this seed's rows, write no table (parallel launches)",
+    )
+    p.add_argument(
+        "--rows",
+        help="comma-separated row keys: run only these rows (and the rows they start from), "
+        "e.g. --rows asn,apoda",
     )
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides applied to every row")
     return parser
@@ -453,7 +465,7 @@ def _data_minicity(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from apoda.demo import run_demo
 
-    run_demo(Path(args.out), fast=args.fast, overwrite=args.overwrite)
+    run_demo(Path(args.out), fast=args.fast, overwrite=args.overwrite, imagenet=args.imagenet)
     return 0
 
 
@@ -481,6 +493,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
         argv=sys.argv,
         runs=Path(args.runs) if args.runs else None,
         only_seed=args.only_seed,
+        row_keys=[k for k in (args.rows or "").split(",") if k],
     )
     return 0
 

@@ -1,5 +1,9 @@
 """`apoda demo`: MiniCity, step 1 (source only), then APODA and its attack-off control from the
-same checkpoint; a per-class table, `summary.json` and the report of the three runs."""
+same checkpoint; a per-class table, `summary.json` and the report of the three runs.
+
+`--imagenet` runs the same three rows in the paper's regime (the `minicity_imagenet` configs:
+128x256 images, the ImageNet EfficientNet-Lite0 as G), which takes longer than the default's
+10 minutes on 2 CPU cores (benchmarks/README.md)."""
 
 from __future__ import annotations
 
@@ -49,19 +53,24 @@ ROWS = (
 )
 
 
-def demo_configs(out: Path, fast: bool) -> dict[str, Config]:
+FAMILIES = {False: "minicity", True: "minicity_imagenet"}
+"""The config family of the demo, by its `imagenet` flag."""
+
+
+def demo_configs(out: Path, fast: bool, imagenet: bool = False) -> dict[str, Config]:
     """The three runs of the demo: step 1, then APODA with the attack off and on."""
+    family = FAMILIES[imagenet]
     common = FAST_OVERRIDES if fast else []
     step1 = common + ([f"train.iterations={FAST_ITERATIONS['source_only']}"] if fast else [])
     step23 = common + ([f"train.iterations={FAST_ITERATIONS['apoda']}"] if fast else [])
     init = f"model.init_from={out / 'source_only' / LAST_CHECKPOINT}"
     return {
-        "source_only": load_config(resolve_config("minicity/source_only"), step1),
+        "source_only": load_config(resolve_config(f"{family}/source_only"), step1),
         "apoda_none": load_config(
-            resolve_config("minicity/apoda"),
-            [*step23, init, "method.attack.name=none", "name=minicity-apoda-attack-off"],
+            resolve_config(f"{family}/apoda"),
+            [*step23, init, "method.attack.name=none", f"name={family}-apoda-attack-off"],
         ),
-        "apoda": load_config(resolve_config("minicity/apoda"), [*step23, init]),
+        "apoda": load_config(resolve_config(f"{family}/apoda"), [*step23, init]),
     }
 
 
@@ -84,10 +93,12 @@ def _train(config: Config, run_dir: Path, overwrite: bool) -> dict[str, Any]:
     return trainer.fit()
 
 
-def run_demo(out: Path, fast: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def run_demo(
+    out: Path, fast: bool = False, overwrite: bool = False, imagenet: bool = False
+) -> dict[str, Any]:
     """Run the demo into `out`; print the per-class table; return the summary."""
     start = time.time()
-    configs = demo_configs(out, fast)
+    configs = demo_configs(out, fast, imagenet)
     metrics: dict[str, dict[str, Any]] = {}
     for key, label in ROWS:
         print(f"== {label} ({key}) ==")
@@ -100,6 +111,7 @@ def run_demo(out: Path, fast: bool = False, overwrite: bool = False) -> dict[str
     elapsed = time.time() - start
     summary = {
         "fast": fast,
+        "family": FAMILIES[imagenet],
         "seconds": round(elapsed, 1),
         "runs": {key: metrics[key] for key, _ in ROWS},
         "table": table,
@@ -108,7 +120,8 @@ def run_demo(out: Path, fast: bool = False, overwrite: bool = False) -> dict[str
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "table.md").write_text(table + "\n")
     runs = [read_run(out / key, name=label) for key, label in ROWS]
-    report = write_report(runs, out, title="apoda demo: MiniCity, source only vs APODA")
+    regime = " (128x256, ImageNet EfficientNet-Lite0)" if imagenet else ""
+    report = write_report(runs, out, title=f"apoda demo: MiniCity{regime}, source only vs APODA")
     print()
     print("Target validation IoU (%) on MiniCity; * = tail class (< 1 % of source pixels).")
     print("APODA and its attack-off control start from the source-only checkpoint and share")

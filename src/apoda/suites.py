@@ -157,6 +157,7 @@ SUITES: dict[str, tuple[Row, ...]] = {
 
 FAMILIES = {
     "minicity": "minicity",
+    "minicity_imagenet": "minicity_imagenet",
     "gta5": "gta5_to_cityscapes",
     "synthia": "synthia_to_cityscapes",
     "folder": "folder",
@@ -198,6 +199,27 @@ def _train_row(row: Row, family: str, out: Path, seed: int, extra: Sequence[str]
         config, run_dir, resume=run_dir.is_dir(), pretrained_file=resolve_pretrained(config)
     )
     return trainer.fit()
+
+
+def select_rows(rows: Sequence[Row], keys: Sequence[str]) -> tuple[Row, ...]:
+    """The rows named by `keys` and the rows they start from (in the suite's order): a part of
+    a table, run with the same matched start as the whole."""
+    by_key = {r.key: r for r in rows}
+    unknown = [k for k in keys if k not in by_key]
+    if unknown:
+        raise ApodaError(
+            f"--rows {','.join(unknown)}: not rows of this suite; its rows: {', '.join(by_key)}"
+        )
+    wanted: set[str] = set()
+    pending = list(keys)
+    while pending:
+        key = pending.pop()
+        if key not in wanted:
+            wanted.add(key)
+            init = by_key[key].init
+            if init is not None:
+                pending.append(init)
+    return tuple(r for r in rows if r.key in wanted)
 
 
 def _order(rows: Sequence[Row]) -> list[Row]:
@@ -305,16 +327,20 @@ def run_suite(
     rows: Sequence[Row] | None = None,
     runs: Path | None = None,
     only_seed: int | None = None,
+    row_keys: Sequence[str] = (),
 ) -> SuiteResult | None:
     """Train (or reuse) every row for every seed, then write the tables.
 
     `runs` is where the rows' run folders live (default `out`): suites that share it share
     their common rows (step 1, the matched control, APODA). `only_seed` trains that seed's rows
-    and writes no table (for launching seeds in parallel processes)."""
+    and writes no table (for launching seeds in parallel processes). `row_keys` keeps only
+    those rows (and the rows they start from)."""
     if rows is None:
         if name not in SUITES:
             raise ApodaError(f"unknown suite {name!r}; expected one of {', '.join(SUITES)}")
         rows = SUITES[name]
+    if row_keys:
+        rows = select_rows(rows, row_keys)
     if data not in FAMILIES:
         raise ApodaError(f"--data {data!r}: expected one of {', '.join(FAMILIES)}")
     if seeds < 1:
