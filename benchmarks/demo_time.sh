@@ -5,6 +5,8 @@
 #
 #   benchmarks/demo_time.sh                 # the full demo (about 10 min)
 #   benchmarks/demo_time.sh --fast          # the smoke schedule, to check this script
+#   benchmarks/demo_time.sh --imagenet      # apoda demo --imagenet (the paper's regime) into
+#                                           # results/demo_time_imagenet.json
 #   OUT=path.json benchmarks/demo_time.sh   # another result file
 #   KEEP=dir benchmarks/demo_time.sh        # keep the demo's output folder (table, report) in dir
 #
@@ -15,14 +17,20 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON="$(command -v python3)"
-OUT="${OUT:-$ROOT/benchmarks/results/demo_time.json}"
 FAST=false
+IMAGENET=false
 for arg in "$@"; do
   case "$arg" in
     --fast) FAST=true ;;
-    *) echo "demo_time.sh: unknown argument $arg (expected --fast)" >&2; exit 2 ;;
+    --imagenet) IMAGENET=true ;;
+    *) echo "demo_time.sh: unknown argument $arg (expected --fast or --imagenet)" >&2; exit 2 ;;
   esac
 done
+if $IMAGENET; then
+  OUT="${OUT:-$ROOT/benchmarks/results/demo_time_imagenet.json}"
+else
+  OUT="${OUT:-$ROOT/benchmarks/results/demo_time.json}"
+fi
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
@@ -30,6 +38,7 @@ export APODA_CACHE="$WORK/cache"
 mkdir -p "$APODA_CACHE"
 DEMO=("$PYTHON" -c 'import sys; from apoda.cli import main; sys.exit(main())' demo --out "${KEEP:-$WORK/runs}")
 if $FAST; then DEMO+=(--fast); fi
+if $IMAGENET; then DEMO+=(--imagenet); fi
 
 if [ -x /usr/bin/time ]; then
   TOOL="/usr/bin/time -v"
@@ -52,12 +61,13 @@ EOF
 fi
 
 mkdir -p "$(dirname "$OUT")"
-"$PYTHON" - "$OUT" "$WALL" "$RSS_KB" "$FAST" "$TOOL" <<'EOF'
+"$PYTHON" - "$OUT" "$WALL" "$RSS_KB" "$FAST" "$TOOL" "$IMAGENET" <<'EOF'
 import datetime, json, os, sys
-out, wall, rss_kb, fast, tool = sys.argv[1:]
+out, wall, rss_kb, fast, tool, imagenet = sys.argv[1:]
 wall_s, peak_mb = float(wall), int(rss_kb) / 1024
 result = {
-    "command": "apoda demo" + (" --fast" if fast == "true" else ""),
+    "command": "apoda demo" + (" --fast" if fast == "true" else "")
+    + (" --imagenet" if imagenet == "true" else ""),
     "wall_s": round(wall_s, 1),
     "wall_min": round(wall_s / 60, 2),
     "peak_rss_mb": round(peak_mb, 1),

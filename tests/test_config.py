@@ -437,7 +437,9 @@ def test_every_builtin_config_loads_and_saves_back_the_same(tmp_path: Path) -> N
         assert "_base_" in resolve_config(name).read_text(), name  # holds only its differences
 
 
-@pytest.mark.parametrize("family", ["minicity", "gta5_to_cityscapes", "synthia_to_cityscapes"])
+@pytest.mark.parametrize(
+    "family", ["minicity", "minicity_imagenet", "gta5_to_cityscapes", "synthia_to_cityscapes"]
+)
 def test_adabn_configs_equal_the_suites_overrides(family: str) -> None:
     new = config_to_dict(load_config(resolve_config(f"{family}/adabn")))
     old = config_to_dict(

@@ -2,8 +2,8 @@
 same checkpoint; a per-class table, `summary.json` and the report of the three runs.
 
 `--imagenet` runs the same three rows in the paper's regime (the `minicity_imagenet` configs:
-128x256 images, the ImageNet EfficientNet-Lite0 as G), which takes longer than the default's
-10 minutes on 2 CPU cores (benchmarks/README.md)."""
+128x256 images, the ImageNet EfficientNet-Lite0 as G): 28 minutes on 2 CPU cores instead of the
+default's 6-7 (benchmarks/results/demo_time_imagenet.json)."""
 
 from __future__ import annotations
 
