@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         "(configs minicity_imagenet/*; about 28 min and 1.8 GB on 2 CPU cores, not 10 min)",
     )
 
-    from apoda.configs import builtin_configs
+    from apoda.configs import SUITE_FAMILIES, builtin_configs
 
     p = add(
         "train",
@@ -279,7 +279,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         default="minicity",
-        choices=["minicity", "minicity_imagenet", "gta5", "synthia", "folder"],
+        choices=list(SUITE_FAMILIES),
         help="minicity (default); minicity_imagenet: MiniCity at 128x256 with the ImageNet "
         "EfficientNet-Lite0 (the paper's regime, slower); gta5 / synthia to Cityscapes; or "
         "folder datasets (set the roots as overrides: data.source_root=DIR data.target_root=DIR)",

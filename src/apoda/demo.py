@@ -53,13 +53,13 @@ ROWS = (
 )
 
 
-FAMILIES = {False: "minicity", True: "minicity_imagenet"}
+FAMILY_BY_IMAGENET = {False: "minicity", True: "minicity_imagenet"}
 """The config family of the demo, by its `imagenet` flag."""
 
 
 def demo_configs(out: Path, fast: bool, imagenet: bool = False) -> dict[str, Config]:
     """The three runs of the demo: step 1, then APODA with the attack off and on."""
-    family = FAMILIES[imagenet]
+    family = FAMILY_BY_IMAGENET[imagenet]
     common = FAST_OVERRIDES if fast else []
     step1 = common + ([f"train.iterations={FAST_ITERATIONS['source_only']}"] if fast else [])
     step23 = common + ([f"train.iterations={FAST_ITERATIONS['apoda']}"] if fast else [])
@@ -111,7 +111,7 @@ def run_demo(
     elapsed = time.time() - start
     summary = {
         "fast": fast,
-        "family": FAMILIES[imagenet],
+        "family": FAMILY_BY_IMAGENET[imagenet],
         "seconds": round(elapsed, 1),
         "runs": {key: metrics[key] for key, _ in ROWS},
         "table": table,

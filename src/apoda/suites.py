@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from apoda.config import Config, load_config
+from apoda.configs import SUITE_FAMILIES as FAMILIES
 from apoda.configs import resolve_config
 from apoda.engine.trainer import Trainer
 from apoda.errors import ApodaError
@@ -153,14 +154,6 @@ SUITES: dict[str, tuple[Row, ...]] = {
         ),
         Row("asn_pert", "ASN + perturbation (APODA from ASN)", "apoda", init="asn"),
     ),
-}
-
-FAMILIES = {
-    "minicity": "minicity",
-    "minicity_imagenet": "minicity_imagenet",
-    "gta5": "gta5_to_cityscapes",
-    "synthia": "synthia_to_cityscapes",
-    "folder": "folder",
 }
 
 

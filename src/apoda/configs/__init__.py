@@ -12,6 +12,15 @@ from apoda.errors import ApodaError
 
 CONFIG_DIR = Path(__file__).parent
 
+SUITE_FAMILIES = {
+    "minicity": "minicity",
+    "minicity_imagenet": "minicity_imagenet",
+    "gta5": "gta5_to_cityscapes",
+    "synthia": "synthia_to_cityscapes",
+    "folder": "folder",
+}
+"""`apoda suite --data NAME`: the config family each name's tables are built from."""
+
 
 def builtin_configs() -> list[str]:
     """Names of the shipped configs, e.g. `minicity/source_only` (base files `_*.yaml` left out)."""
