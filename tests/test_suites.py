@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,29 +145,91 @@ def test_rows_option_runs_the_rows_asked_for_and_the_rows_they_start_from(
     assert "--rows nope: not rows of this suite" in err and "apoda_none" in err
 
 
-def test_minicity_imagenet_configs_are_their_minicity_twins_in_the_regime() -> None:
-    """Each config of the paper's-regime family differs from its MiniCity twin only in the
-    regime's keys (size, backbone, batch, rates, BN), so a table in it compares the same rows."""
-    regime = {
-        "name",
-        "data.batch_size",
-        "data.minicity.height",
-        "data.minicity.width",
-        "model.arch",
-        "model.pretrained",
-        "model.bn_mode",
-        "optim.lr",
-        "optim.classifier_lr_mult",
-        "train.samples",
-    }
-    names = [c.split("/")[1] for c in builtin_configs() if c.startswith("minicity_imagenet/")]
+SIZE_KEYS = {"name", "data.batch_size", "data.minicity.height", "data.minicity.width"}
+IMAGENET_KEYS = {"model.arch", "model.pretrained", "model.bn_mode", "optim.lr"}
+
+
+@pytest.mark.parametrize(
+    ("family", "keys"),
+    [
+        ("minicity_imagenet", SIZE_KEYS | IMAGENET_KEYS | {"optim.classifier_lr_mult"}),
+        ("minicity_128x256", SIZE_KEYS),
+    ],
+)
+def test_128x256_families_are_their_minicity_twins_at_the_larger_size(
+    family: str, keys: set[str]
+) -> None:
+    """Each config of a 128x256 family differs from its MiniCity twin only in the family's keys
+    (size and batch; for the paper's regime also backbone, rates and BN) and in step 1's length,
+    so a table in it compares the same rows."""
+    names = [c.split("/")[1] for c in builtin_configs() if c.startswith(f"{family}/")]
     assert sorted(names) == sorted({r.config for rows in SUITES.values() for r in rows})
+    step1 = {"train.iterations", "train.eval_every", "train.checkpoint_every"}
     for name in names:
         twin = load_config(resolve_config(f"minicity/{name}"))
-        config = load_config(resolve_config(f"minicity_imagenet/{name}"))
+        config = load_config(resolve_config(f"{family}/{name}"))
         diffs = set(config_differences(twin, config))
-        step1 = {"train.iterations", "train.eval_every", "train.checkpoint_every"}
-        assert diffs <= regime | (step1 if name == "source_only" else set()), (name, diffs)
-        assert (config.model.arch, config.data.minicity.height) == ("efficientnet_lite0", 128)
-        # AdaBN needs train-mode BN; every other row keeps the ImageNet statistics frozen
-        assert config.model.bn_mode == ("train" if name == "adabn" else "frozen"), name
+        assert diffs <= keys | {"train.samples"} | (step1 if name == "source_only" else set())
+        assert (config.data.minicity.height, config.data.minicity.width) == (128, 256)
+        assert config.data.batch_size == 4, name
+        if name == "source_only":
+            assert config.train.iterations == 1500
+        if family == "minicity_imagenet":
+            assert config.model.arch == "efficientnet_lite0"
+            # AdaBN needs train-mode BN; every other row keeps the ImageNet statistics frozen
+            assert config.model.bn_mode == ("train" if name == "adabn" else "frozen"), name
+        else:
+            assert config.model == twin.model, name
+
+
+@pytest.mark.slow
+def test_jobs_trains_rows_in_child_processes_and_reports_a_failed_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "suite"
+    extra = [*TINY, "train.iterations=1", "train.eval_every=0", "train.samples=0"]
+    args = ["suite", "table1", *extra, "--out", str(out), "--rows", "apoda_adabn", "--jobs", "2"]
+    assert main(args) == 0
+    assert sorted(p.name for p in (out / "seed0").iterdir()) == ["adabn", "apoda_adabn", "step1"]
+    assert sorted(p.name for p in (out / "logs").iterdir()) == [
+        "seed0-adabn.log",
+        "seed0-apoda_adabn.log",
+        "seed0-step1.log",
+    ]
+    assert "APODA from AdaBN" in (out / "table.md").read_text()
+    # the same command trains nothing again
+    assert main(args) == 0
+    log = (out / "logs" / "seed0-apoda_adabn.log").read_text()
+    assert "finished before; not trained again" in log
+    # a run that fails is named with its log; the row that starts from it is skipped, no table
+    (out / "table.md").unlink()
+    config = yaml.safe_load((out / "seed0" / "adabn" / "config.yaml").read_text())
+    config["optim"]["lr"] = 0.5
+    (out / "seed0" / "adabn" / "config.yaml").write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert "[apoda_adabn seed 0] skipped: its start adabn failed" in captured.out
+    assert "2 run(s) did not finish (adabn seed 0:" in captured.err
+    assert "finished with a different config" in (out / "logs" / "seed0-adabn.log").read_text()
+    assert not (out / "table.md").exists()
+
+
+@pytest.mark.slow
+def test_jobs_stopped_by_sigterm_leaves_checkpoints_and_says_how_to_resume(tmp_path: Path) -> None:
+    out = tmp_path / "suite"
+    extra = [*TINY, "train.iterations=100000", "train.eval_every=0", "train.samples=0"]
+    command = [sys.executable, "-m", "apoda", "suite", "table1", *extra, "--out", str(out)]
+    parent = subprocess.Popen(
+        [*command, "--rows", "step1", "--jobs", "2"], stderr=subprocess.PIPE, text=True
+    )
+    log = out / "seed0" / "step1" / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and log.stat().st_size > 0) and time.monotonic() < deadline:
+        time.sleep(0.2)  # step 1 is training (its first log line is written)
+    parent.send_signal(signal.SIGTERM)
+    _, err = parent.communicate(timeout=180)
+    assert parent.returncode == 130, err
+    assert "stopped: the 1 run(s) in training save a checkpoint and stop" in err
+    assert "interrupted at iteration" in (out / "logs" / "seed0-step1.log").read_text()
+    assert (out / "seed0" / "step1" / "checkpoints" / "last.pt").is_file()

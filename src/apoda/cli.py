@@ -269,7 +269,11 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     p = add("suite", "Run one of the paper's tables on MiniCity or real data, with seeds.")
-    p.add_argument("name", help="table1, table3, table4 or table5")
+    p.add_argument(
+        "name",
+        help="table1, table3, table4 or table5; several comma-separated (table1,table3) write "
+        "each table to OUT/NAME and share their common rows",
+    )
     p.add_argument(
         "--seeds",
         type=_positive_int,
@@ -281,7 +285,8 @@ def _parser() -> argparse.ArgumentParser:
         default="minicity",
         choices=list(SUITE_FAMILIES),
         help="minicity (default); minicity_imagenet: MiniCity at 128x256 with the ImageNet "
-        "EfficientNet-Lite0 (the paper's regime, slower); gta5 / synthia to Cityscapes; or "
+        "EfficientNet-Lite0 (the paper's regime, slower); minicity_128x256: the same size with "
+        "the small net from scratch; gta5 / synthia to Cityscapes; or "
         "folder datasets (set the roots as overrides: data.source_root=DIR data.target_root=DIR)",
     )
     p.add_argument("--out", help="output folder (default runs/suite-NAME)")
@@ -300,6 +305,13 @@ def _parser() -> argparse.ArgumentParser:
         "--rows",
         help="comma-separated row keys: run only these rows (and the rows they start from), "
         "e.g. --rows asn,apoda",
+    )
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="train up to N runs at once in child processes (every seed; a row starts when its "
+        "init row has finished; logs in RUNS/logs), then write the tables (default 1)",
     )
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides applied to every row")
     return parser
@@ -480,21 +492,36 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from apoda.suites import run_suite
+    from apoda.suites import run_suite, train_in_parallel
 
-    out = Path(args.out) if args.out else Path("runs") / f"suite-{args.name}"
-    run_suite(
-        args.name,
-        out,
-        seeds=args.seeds,
-        data=args.data,
-        fast=args.fast,
-        overrides=args.overrides,
-        argv=sys.argv,
-        runs=Path(args.runs) if args.runs else None,
-        only_seed=args.only_seed,
-        row_keys=[k for k in (args.rows or "").split(",") if k],
-    )
+    names = [n for n in args.name.split(",") if n]
+    row_keys = [k for k in (args.rows or "").split(",") if k]
+    if len(names) > 1 and row_keys:
+        raise ApodaError("--rows picks rows of one suite; name a single suite with it")
+    if args.jobs > 1 and args.only_seed is not None:
+        raise ApodaError(
+            "--jobs trains every seed itself; --only-seed is for launching seeds yourself"
+        )
+    out = Path(args.out) if args.out else Path("runs") / f"suite-{'-'.join(names)}"
+    runs = Path(args.runs) if args.runs else out
+    common = {
+        "seeds": args.seeds,
+        "data": args.data,
+        "fast": args.fast,
+        "overrides": args.overrides,
+    }
+    if args.jobs > 1:
+        train_in_parallel(names, runs, args.jobs, row_keys=row_keys, **common)
+    for name in names:
+        run_suite(
+            name,
+            out / name if len(names) > 1 else out,
+            argv=sys.argv,
+            runs=runs,
+            only_seed=args.only_seed,
+            row_keys=row_keys,
+            **common,
+        )
     return 0
 
 

@@ -13,8 +13,13 @@ import csv
 import datetime
 import json
 import math
+import os
 import shlex
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +28,7 @@ from typing import Any
 from apoda.config import Config, load_config
 from apoda.configs import SUITE_FAMILIES as FAMILIES
 from apoda.configs import resolve_config
+from apoda.engine.data import build_run_data
 from apoda.engine.trainer import Trainer
 from apoda.errors import ApodaError
 from apoda.pretrain import resolve_pretrained
@@ -329,10 +335,8 @@ def run_suite(
     and writes no table (for launching seeds in parallel processes). `row_keys` keeps only
     those rows (and the rows they start from)."""
     if rows is None:
-        if name not in SUITES:
-            raise ApodaError(f"unknown suite {name!r}; expected one of {', '.join(SUITES)}")
-        rows = SUITES[name]
-    if row_keys:
+        rows = _suite_rows(name, row_keys)
+    elif row_keys:
         rows = select_rows(rows, row_keys)
     if data not in FAMILIES:
         raise ApodaError(f"--data {data!r}: expected one of {', '.join(FAMILIES)}")
@@ -356,3 +360,106 @@ def _fast_overrides() -> list[str]:
     from apoda.demo import FAST_OVERRIDES
 
     return [*FAST_OVERRIDES, "train.iterations=10"]
+
+
+def _suite_rows(name: str, row_keys: Sequence[str]) -> tuple[Row, ...]:
+    if name not in SUITES:
+        raise ApodaError(f"unknown suite {name!r}; expected one of {', '.join(SUITES)}")
+    return select_rows(SUITES[name], row_keys) if row_keys else SUITES[name]
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def train_in_parallel(
+    names: Sequence[str],
+    runs: Path,
+    jobs: int,
+    seeds: int = 1,
+    data: str = "minicity",
+    fast: bool = False,
+    overrides: Sequence[str] = (),
+    row_keys: Sequence[str] = (),
+) -> None:
+    """Train every (seed, row) of the named suites once, in up to `jobs` child processes
+    (`apoda suite NAME --only-seed S --rows KEY`), each row once its init row has finished.
+
+    Rows shared by several suites (step 1, APODA, ...) are trained once. Runs are started row by
+    row over the seeds, in the order the suites list them, so the first rows finish on every
+    seed first. Each child's output goes to `runs/logs/seedS-KEY.log`. A failed run is reported
+    with its log and the rows that start from it are skipped; the others go on."""
+    if jobs < 1:
+        raise ApodaError(f"--jobs must be at least 1, got {jobs}")
+    if data not in FAMILIES:
+        raise ApodaError(f"--data {data!r}: expected one of {', '.join(FAMILIES)}")
+    suite_of: dict[str, str] = {}
+    rows: list[Row] = []
+    for name in names:
+        for row in _order(_suite_rows(name, row_keys)):
+            if row.key not in suite_of:
+                suite_of[row.key] = name
+                rows.append(row)
+    extra = [*(_fast_overrides() if fast else []), *overrides]
+    # Shared files are made once here, not raced for by the children: the generated data and
+    # built-in weights.
+    first = row_config(rows[0], FAMILIES[data], runs, 0, extra)
+    build_run_data(first)
+    resolve_pretrained(first)
+    logs = runs / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    pending = [(seed, row) for row in rows for seed in range(seeds)]
+    done: set[tuple[int, str]] = set()
+    failed: dict[tuple[int, str], Path] = {}
+    running: dict[subprocess.Popen[bytes], tuple[int, str, Path]] = {}
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while pending or running:
+            for seed, row in list(pending):
+                if row.init is not None and (seed, row.init) in failed:
+                    pending.remove((seed, row))
+                    failed[(seed, row.key)] = failed[(seed, row.init)]
+                    print(f"[{row.key} seed {seed}] skipped: its start {row.init} failed")
+                elif len(running) < jobs and (row.init is None or (seed, row.init) in done):
+                    pending.remove((seed, row))
+                    log = logs / f"seed{seed}-{row.key}.log"
+                    command = [
+                        sys.executable, "-m", "apoda", "suite", suite_of[row.key], *extra,
+                        "--data", data, "--runs", str(runs), "--out", str(runs),
+                        "--only-seed", str(seed), "--rows", row.key,
+                    ]  # fmt: skip
+                    with open(log, "wb") as fh:
+                        # its own session: a Ctrl-C reaches the children once, from here
+                        child = subprocess.Popen(
+                            command, stdout=fh, stderr=fh, env=env, start_new_session=True
+                        )
+                    running[child] = (seed, row.key, log)
+                    print(f"[{row.key} seed {seed}] started (log {log})")
+            time.sleep(0.5)
+            for child in [c for c in running if c.poll() is not None]:
+                seed, key, log = running.pop(child)
+                if child.returncode == 0:
+                    done.add((seed, key))
+                    print(f"[{key} seed {seed}] finished")
+                else:
+                    failed[(seed, key)] = log
+                    print(f"[{key} seed {seed}] failed (exit {child.returncode}): see {log}")
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"stopped: the {len(running)} run(s) in training save a checkpoint and stop; the same "
+            "command resumes them"
+        ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for child in running:
+            child.send_signal(signal.SIGINT)  # a run stops at its next step with a checkpoint
+        for child in running:
+            try:
+                child.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    if failed:
+        listing = "; ".join(f"{key} seed {seed}: {log}" for (seed, key), log in failed.items())
+        raise ApodaError(f"{len(failed)} run(s) did not finish ({listing}); no table written")

@@ -15,6 +15,7 @@ CONFIG_DIR = Path(__file__).parent
 SUITE_FAMILIES = {
     "minicity": "minicity",
     "minicity_imagenet": "minicity_imagenet",
+    "minicity_128x256": "minicity_128x256",
     "gta5": "gta5_to_cityscapes",
     "synthia": "synthia_to_cityscapes",
     "folder": "folder",

@@ -200,7 +200,7 @@ def generate_minicity(out: Path, config: MiniCityConfig, progress: bool = False)
             for path in _paths(out, split, index, total):
                 path.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(jobs), desc="MiniCity", unit="img", disable=not progress)
-    workers = min(2, os.cpu_count() or 1)
+    workers = os.cpu_count() or 1  # each image has its own seed: any count writes the same files
     if len(jobs) < _SERIAL_BELOW or workers == 1:
         for job in jobs:
             _render_one(job)
