@@ -438,7 +438,14 @@ def test_every_builtin_config_loads_and_saves_back_the_same(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
-    "family", ["minicity", "minicity_imagenet", "gta5_to_cityscapes", "synthia_to_cityscapes"]
+    "family",
+    [
+        "minicity",
+        "minicity_imagenet",
+        "minicity_128x256",
+        "gta5_to_cityscapes",
+        "synthia_to_cityscapes",
+    ],
 )
 def test_adabn_configs_equal_the_suites_overrides(family: str) -> None:
     new = config_to_dict(load_config(resolve_config(f"{family}/adabn")))
