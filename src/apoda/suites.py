@@ -338,8 +338,7 @@ def run_suite(
         rows = _suite_rows(name, row_keys)
     elif row_keys:
         rows = select_rows(rows, row_keys)
-    if data not in FAMILIES:
-        raise ApodaError(f"--data {data!r}: expected one of {', '.join(FAMILIES)}")
+    family = _family(data)
     if seeds < 1:
         raise ApodaError(f"--seeds must be at least 1, got {seeds}")
     extra = [*(_fast_overrides() if fast else []), *overrides]
@@ -347,7 +346,7 @@ def run_suite(
     runs = runs or out
     for seed in range(seeds) if only_seed is None else [only_seed]:
         for row in _order(rows):
-            metrics = _train_row(row, FAMILIES[data], runs, seed, extra)
+            metrics = _train_row(row, family, runs, seed, extra)
             result.metrics.setdefault(row.key, []).append(metrics)
     if only_seed is not None:
         return None
@@ -360,6 +359,13 @@ def _fast_overrides() -> list[str]:
     from apoda.demo import FAST_OVERRIDES
 
     return [*FAST_OVERRIDES, "train.iterations=10"]
+
+
+def _family(data: str) -> str:
+    """The config family of `--data NAME`; a one-line error for an unknown name."""
+    if data not in FAMILIES:
+        raise ApodaError(f"--data {data!r}: expected one of {', '.join(FAMILIES)}")
+    return FAMILIES[data]
 
 
 def _suite_rows(name: str, row_keys: Sequence[str]) -> tuple[Row, ...]:
@@ -391,8 +397,7 @@ def train_in_parallel(
     with its log and the rows that start from it are skipped; the others go on."""
     if jobs < 1:
         raise ApodaError(f"--jobs must be at least 1, got {jobs}")
-    if data not in FAMILIES:
-        raise ApodaError(f"--data {data!r}: expected one of {', '.join(FAMILIES)}")
+    family = _family(data)
     suite_of: dict[str, str] = {}
     rows: list[Row] = []
     for name in names:
@@ -403,7 +408,7 @@ def train_in_parallel(
     extra = [*(_fast_overrides() if fast else []), *overrides]
     # Shared files are made once here, not raced for by the children: the generated data and
     # built-in weights.
-    first = row_config(rows[0], FAMILIES[data], runs, 0, extra)
+    first = row_config(rows[0], family, runs, 0, extra)
     build_run_data(first)
     resolve_pretrained(first)
     logs = runs / "logs"
