@@ -21,7 +21,16 @@ from apoda.errors import ApodaError
 from apoda.methods import RunContext, build_method
 from apoda.models.build import architecture_from_config
 from apoda.runs import config_differences
-from apoda.suites import FAMILIES, MATCHED, STEP1, SUITES, Row, row_config, run_suite
+from apoda.suites import (
+    FAMILIES,
+    MATCHED,
+    STEP1,
+    SUITES,
+    Row,
+    row_config,
+    run_suite,
+    shared_runs,
+)
 from conftest import TINY
 
 TWO_ROWS = (STEP1, MATCHED, Row("asn", "ASN", "asn"))
@@ -145,6 +154,39 @@ def test_rows_option_runs_the_rows_asked_for_and_the_rows_they_start_from(
     assert "--rows nope: not rows of this suite" in err and "apoda_none" in err
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_rows_with_the_same_config_share_one_run(family: str) -> None:
+    """APODA's L_seg is CE on MiniCity and Lovász on GTA5 and SYNTHIA, so one of table 5's rows is
+    APODA's own config there: it shares APODA's run. No other rows do, unless the suite's extra
+    overrides make them equal."""
+    same = {k: r.key for k, r in shared_runs([], FAMILIES[family]).items() if r.key != k}
+    twin = "s_pert_lovasz_ent" if family in {"gta5", "synthia"} else "s_pert_ent"
+    assert same == {twin: "apoda"}
+    # an override for every row makes the rows it erases the difference of share runs, and an
+    # override that does not fit another suite's row (AdaBN has no L_seg) leaves that row out
+    lovasz = shared_runs(SUITES["table5"], FAMILIES[family], ["method.seg_loss=lovasz"])
+    assert lovasz["s_pert_lovasz"].key == "s_pert" and lovasz["s_lovasz"].key == "source_only"
+    assert lovasz["asn_pert"].key == "asn_pert" and "adabn" not in lovasz
+
+
+def test_a_row_sharing_another_rows_run_trains_it_once_and_says_whose(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "suite"
+    extra = [*TINY, "train.iterations=1", "train.eval_every=0", "train.samples=0"]
+    assert main(["suite", "table5", *extra, "--out", str(out), "--rows", "s_pert_ent"]) == 0
+    assert "[s_pert_ent] the run of row apoda: the same config" in capsys.readouterr().out
+    # trained in APODA's folder, so table 1's APODA row finds it finished
+    assert sorted(p.name for p in (out / "seed0").iterdir()) == ["apoda", "step1"]
+    table = (out / "table.md").read_text()
+    assert "| S + perturbation + entropy (CE as L_seg in Eq. 9) (the run of row `apoda`" in table
+    suite = json.loads((out / "suite.json").read_text())
+    apoda = json.loads((out / "seed0" / "apoda" / "metrics.json").read_text())
+    assert suite["runs"]["s_pert_ent"] == [apoda]
+    assert main(["suite", "table1", *extra, "--out", str(out), "--rows", "apoda"]) == 0
+    assert "[apoda seed 0] finished before; not trained again" in capsys.readouterr().out
+
+
 SIZE_KEYS = {"name", "data.batch_size", "data.minicity.height", "data.minicity.width"}
 IMAGENET_KEYS = {"model.arch", "model.pretrained", "model.bn_mode", "optim.lr"}
 
@@ -213,6 +255,18 @@ def test_jobs_trains_rows_in_child_processes_and_reports_a_failed_run(
     assert "2 run(s) did not finish (adabn seed 0:" in captured.err
     assert "finished with a different config" in (out / "logs" / "seed0-adabn.log").read_text()
     assert not (out / "table.md").exists()
+
+
+@pytest.mark.slow
+def test_jobs_launch_a_shared_run_in_the_folder_of_the_row_it_belongs_to(tmp_path: Path) -> None:
+    out = tmp_path / "suite"
+    extra = [*TINY, "train.iterations=1", "train.eval_every=0", "train.samples=0"]
+    args = ["suite", "table5", *extra, "--out", str(out), "--rows", "s_pert_ent", "--jobs", "2"]
+    assert main(args) == 0
+    assert sorted(p.name for p in (out / "seed0").iterdir()) == ["apoda", "step1"]
+    logs = sorted(p.name for p in (out / "logs").iterdir())
+    assert logs == ["seed0-apoda.log", "seed0-step1.log"]
+    assert "(the run of row `apoda`: same config)" in (out / "table.md").read_text()
 
 
 @pytest.mark.slow

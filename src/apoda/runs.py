@@ -246,6 +246,11 @@ def config_differences(saved: Config, wanted: Config) -> dict[str, tuple[Any, An
     }
 
 
+def result_differences(saved: Config, wanted: Config) -> dict[str, tuple[Any, Any]]:
+    """The differences that change what a run computes (`NOT_RESULT_KEYS` aside)."""
+    return {k: v for k, v in config_differences(saved, wanted).items() if k not in NOT_RESULT_KEYS}
+
+
 def _describe(diffs: dict[str, tuple[Any, Any]]) -> str:
     return ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items())
 
@@ -266,9 +271,7 @@ def finished_metrics(run_dir: Path, config: Config) -> dict[str, Any] | None:
         return None
     saved = saved_config(run_dir)
     if saved is not None:
-        diffs = {
-            k: v for k, v in config_differences(saved, config).items() if k not in NOT_RESULT_KEYS
-        }
+        diffs = result_differences(saved, config)
         if diffs:
             raise ApodaError(
                 f"{run_dir} finished with a different config than the one asked for now "
@@ -287,9 +290,7 @@ def resume_config(
     """The config a resumed run continues with: the saved one, with the changes `--resume` may
     apply (more iterations) taken from `requested` and reported. Any other difference that
     changes results is an error naming the keys."""
-    diffs = {
-        k: v for k, v in config_differences(saved, requested).items() if k not in NOT_RESULT_KEYS
-    }
+    diffs = result_differences(saved, requested)
     refused = {k: v for k, v in diffs.items() if k not in EXTENDABLE_KEYS}
     if refused:
         raise ApodaError(

@@ -5,7 +5,8 @@ for the same number of iterations, so that a difference between rows is the one 
 the rows switch, not extra training: "source only (matched)" continues step 1 for as long as the
 adapted rows train. Rows marked `ours` go beyond the paper and are labelled so in every table.
 A finished row is not trained again (suites resume), provided it was trained with the config
-the suite asks for now (`apoda.runs.finished_metrics`)."""
+the suite asks for now (`apoda.runs.finished_metrics`). A row whose config is another row's
+trains no run of its own: it shares that row's (`shared_runs`), and its table says so."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from apoda.engine.data import build_run_data
 from apoda.engine.trainer import Trainer
 from apoda.errors import ApodaError
 from apoda.pretrain import resolve_pretrained
-from apoda.runs import LAST_CHECKPOINT, finished_metrics
+from apoda.runs import LAST_CHECKPOINT, finished_metrics, result_differences
 
 
 @dataclass(frozen=True)
@@ -176,19 +177,68 @@ def _run_dir(out: Path, row: Row, seed: int) -> Path:
     return out / f"seed{seed}" / row.key
 
 
-def row_config(row: Row, family: str, out: Path, seed: int, extra: Sequence[str] = ()) -> Config:
+def row_config(
+    row: Row,
+    family: str,
+    out: Path,
+    seed: int,
+    extra: Sequence[str] = (),
+    runs_of: Mapping[str, Row] | None = None,
+) -> Config:
     """The config a row trains with: its built-in file, the seed, its overrides, the suite's
-    extra overrides, and its init row's checkpoint."""
+    extra overrides, and its init row's checkpoint (in the folder of the run that row shares,
+    `runs_of`, see `shared_runs`)."""
     overrides = [f"train.seed={seed}", f"name={row.key}-seed{seed}", *row.overrides, *extra]
     if row.init is not None:
-        init = _run_dir(out, Row(row.init, "", ""), seed) / LAST_CHECKPOINT
+        start = (runs_of or {}).get(row.init, Row(row.init, "", ""))
+        init = _run_dir(out, start, seed) / LAST_CHECKPOINT
         overrides.append(f"model.init_from={init}")
     return load_config(resolve_config(f"{family}/{row.config}"), overrides)
 
 
-def _train_row(row: Row, family: str, out: Path, seed: int, extra: Sequence[str]) -> dict[str, Any]:
+def shared_runs(rows: Sequence[Row], family: str, extra: Sequence[str] = ()) -> dict[str, Row]:
+    """Row key -> the row whose run it is: the first row (of every suite, tables 1 to 5 in
+    order, then `rows`) that starts from the same run and trains the same config (keys that do
+    not change results aside). On MiniCity "S + perturbation + entropy" is APODA's own config
+    (its L_seg is CE), on GTA5 "S + perturbation + Lovász + entropy" is: one run serves both."""
+    candidates: dict[str, Row] = {}
+    for row in (r for suite in SUITES.values() for r in suite):
+        candidates.setdefault(row.key, row)
+    candidates.update((row.key, row) for row in rows)  # the rows asked for, as given
+    runs_of: dict[str, Row] = {}
+    configs: dict[str, Config] = {}
+
+    def start(row: Row) -> str | None:
+        return None if row.init is None else runs_of[row.init].key
+
+    asked = {row.key for row in rows}
+    for row in _order(list(candidates.values())):
+        if row.init is not None and row.init not in runs_of:
+            continue  # its start was left out below
+        try:
+            config = row_config(row, family, Path(), 0, extra, runs_of)
+        except ApodaError:
+            if row.key in asked:
+                raise
+            continue  # another suite's row that the extra overrides do not fit
+        runs_of[row.key] = next(
+            (
+                candidates[key]
+                for key, other in configs.items()
+                if start(candidates[key]) == start(row) and not result_differences(other, config)
+            ),
+            row,
+        )
+        if runs_of[row.key] is row:
+            configs[row.key] = config
+    return runs_of
+
+
+def _train_row(
+    row: Row, family: str, out: Path, seed: int, extra: Sequence[str], runs_of: Mapping[str, Row]
+) -> dict[str, Any]:
     run_dir = _run_dir(out, row, seed)
-    config = row_config(row, family, out, seed, extra)
+    config = row_config(row, family, out, seed, extra, runs_of)
     metrics = finished_metrics(run_dir, config)
     if metrics is not None:
         print(f"[{row.key} seed {seed}] finished before; not trained again")
@@ -342,17 +392,28 @@ def run_suite(
     if seeds < 1:
         raise ApodaError(f"--seeds must be at least 1, got {seeds}")
     extra = [*(_fast_overrides() if fast else []), *overrides]
-    result = SuiteResult(name, tuple(rows))
+    runs_of = shared_runs(rows, family, extra)
+    for row in rows:
+        if runs_of[row.key] is not row:
+            print(f"[{row.key}] the run of row {runs_of[row.key].key}: the same config")
+    result = SuiteResult(name, tuple(_labelled(row, runs_of[row.key]) for row in rows))
     runs = runs or out
     for seed in range(seeds) if only_seed is None else [only_seed]:
         for row in _order(rows):
-            metrics = _train_row(row, family, runs, seed, extra)
+            metrics = _train_row(runs_of[row.key], family, runs, seed, extra, runs_of)
             result.metrics.setdefault(row.key, []).append(metrics)
     if only_seed is not None:
         return None
     table = write_tables(result, out, argv)
     print(table.read_text())
     return result
+
+
+def _labelled(row: Row, run: Row) -> Row:
+    """The row as its table shows it: one that shares another row's run says whose."""
+    if run is row:
+        return row
+    return replace(row, label=f"{row.label} (the run of row `{run.key}`: same config)")
 
 
 def _fast_overrides() -> list[str]:
@@ -391,21 +452,25 @@ def train_in_parallel(
     """Train every (seed, row) of the named suites once, in up to `jobs` child processes
     (`apoda suite NAME --only-seed S --rows KEY`), each row once its init row has finished.
 
-    Rows shared by several suites (step 1, APODA, ...) are trained once. Runs are started row by
-    row over the seeds, in the order the suites list them, so the first rows finish on every
-    seed first. Each child's output goes to `runs/logs/seedS-KEY.log`. A failed run is reported
-    with its log and the rows that start from it are skipped; the others go on."""
+    Rows shared by several suites (step 1, APODA, ...) and rows that share another row's run
+    (`shared_runs`) are trained once. Runs are started row by row over the seeds, in the order
+    the suites list them, so the first rows finish on every seed first. Each child's output goes
+    to `runs/logs/seedS-KEY.log`. A failed run is reported with its log and the rows that start
+    from it are skipped; the others go on."""
     if jobs < 1:
         raise ApodaError(f"--jobs must be at least 1, got {jobs}")
     family = _family(data)
-    suite_of: dict[str, str] = {}
-    rows: list[Row] = []
-    for name in names:
-        for row in _order(_suite_rows(name, row_keys)):
-            if row.key not in suite_of:
-                suite_of[row.key] = name
-                rows.append(row)
     extra = [*(_fast_overrides() if fast else []), *overrides]
+    asked = [(name, row) for name in names for row in _order(_suite_rows(name, row_keys))]
+    runs_of = shared_runs([row for _, row in asked], family, extra)
+    # run key -> the suite and row a child is asked for (the run may belong to another suite)
+    launch: dict[str, tuple[str, str]] = {}
+    rows: list[Row] = []
+    for name, row in asked:
+        run = runs_of[row.key]
+        if run.key not in launch:
+            launch[run.key] = (name, row.key)
+            rows.append(run)
     # Shared files are made once here, not raced for by the children: the generated data and
     # built-in weights.
     first = row_config(rows[0], family, runs, 0, extra)
@@ -423,17 +488,19 @@ def train_in_parallel(
     try:
         while pending or running:
             for seed, row in list(pending):
-                if row.init is not None and (seed, row.init) in failed:
+                start = None if row.init is None else runs_of[row.init].key
+                if start is not None and (seed, start) in failed:
                     pending.remove((seed, row))
-                    failed[(seed, row.key)] = failed[(seed, row.init)]
-                    print(f"[{row.key} seed {seed}] skipped: its start {row.init} failed")
-                elif len(running) < jobs and (row.init is None or (seed, row.init) in done):
+                    failed[(seed, row.key)] = failed[(seed, start)]
+                    print(f"[{row.key} seed {seed}] skipped: its start {start} failed")
+                elif len(running) < jobs and (start is None or (seed, start) in done):
                     pending.remove((seed, row))
                     log = logs / f"seed{seed}-{row.key}.log"
+                    suite, key = launch[row.key]
                     command = [
-                        sys.executable, "-m", "apoda", "suite", suite_of[row.key], *extra,
+                        sys.executable, "-m", "apoda", "suite", suite, *extra,
                         "--data", data, "--runs", str(runs), "--out", str(runs),
-                        "--only-seed", str(seed), "--rows", row.key,
+                        "--only-seed", str(seed), "--rows", key,
                     ]  # fmt: skip
                     with open(log, "wb") as fh:
                         # its own session: a Ctrl-C reaches the children once, from here
