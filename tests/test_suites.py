@@ -243,6 +243,7 @@ def test_jobs_trains_rows_in_child_processes_and_reports_a_failed_run(
     assert main(args) == 0
     log = (out / "logs" / "seed0-apoda_adabn.log").read_text()
     assert "finished before; not trained again" in log
+    assert "[apoda_adabn seed 0] training apoda ->" in log  # the first run's output is kept
     # a run that fails is named with its log; the row that starts from it is skipped, no table
     (out / "table.md").unlink()
     config = yaml.safe_load((out / "seed0" / "adabn" / "config.yaml").read_text())

@@ -454,9 +454,9 @@ def train_in_parallel(
 
     Rows shared by several suites (step 1, APODA, ...) and rows that share another row's run
     (`shared_runs`) are trained once. Runs are started row by row over the seeds, in the order
-    the suites list them, so the first rows finish on every seed first. Each child's output goes
-    to `runs/logs/seedS-KEY.log`. A failed run is reported with its log and the rows that start
-    from it are skipped; the others go on."""
+    the suites list them, so the first rows finish on every seed first. Each child's output is
+    appended to `runs/logs/seedS-KEY.log`. A failed run is reported with its log and the rows
+    that start from it are skipped; the others go on."""
     if jobs < 1:
         raise ApodaError(f"--jobs must be at least 1, got {jobs}")
     family = _family(data)
@@ -502,7 +502,7 @@ def train_in_parallel(
                         "--data", data, "--runs", str(runs), "--out", str(runs),
                         "--only-seed", str(seed), "--rows", key,
                     ]  # fmt: skip
-                    with open(log, "wb") as fh:
+                    with open(log, "ab") as fh:  # a resumed run's log keeps its start
                         # its own session: a Ctrl-C reaches the children once, from here
                         child = subprocess.Popen(
                             command, stdout=fh, stderr=fh, env=env, start_new_session=True
