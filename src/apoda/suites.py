@@ -207,10 +207,6 @@ def shared_runs(rows: Sequence[Row], family: str, extra: Sequence[str] = ()) -> 
     candidates.update((row.key, row) for row in rows)  # the rows asked for, as given
     runs_of: dict[str, Row] = {}
     configs: dict[str, Config] = {}
-
-    def start(row: Row) -> str | None:
-        return None if row.init is None else runs_of[row.init].key
-
     asked = {row.key for row in rows}
     for row in _order(list(candidates.values())):
         if row.init is not None and row.init not in runs_of:
@@ -225,13 +221,19 @@ def shared_runs(rows: Sequence[Row], family: str, extra: Sequence[str] = ()) -> 
             (
                 candidates[key]
                 for key, other in configs.items()
-                if start(candidates[key]) == start(row) and not result_differences(other, config)
+                if _start(candidates[key], runs_of) == _start(row, runs_of)
+                and not result_differences(other, config)
             ),
             row,
         )
         if runs_of[row.key] is row:
             configs[row.key] = config
     return runs_of
+
+
+def _start(row: Row, runs_of: Mapping[str, Row]) -> str | None:
+    """The key of the run a row starts from (its init row's shared run), None for step 1."""
+    return None if row.init is None else runs_of[row.init].key
 
 
 def _train_row(
@@ -488,7 +490,7 @@ def train_in_parallel(
     try:
         while pending or running:
             for seed, row in list(pending):
-                start = None if row.init is None else runs_of[row.init].key
+                start = _start(row, runs_of)
                 if start is not None and (seed, start) in failed:
                     pending.remove((seed, row))
                     failed[(seed, row.key)] = failed[(seed, start)]
