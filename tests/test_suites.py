@@ -76,6 +76,12 @@ def test_suite_definitions_carry_matched_controls() -> None:
     }
     assert len(bn_rows) == 3 and all(r.ours for r in bn_rows.values())
     assert bn_rows["apoda_adabn"].init == "adabn"
+    # below layer4 F trains backbone stages with D: each cut's control is its row, attack off
+    t4 = {r.key: r for r in SUITES["table4"]}
+    for cut in ("pixel", "layer1", "layer2", "layer3"):
+        row, off = t4[f"cut_{cut}"], t4[f"cut_{cut}_none"]
+        assert set(off.overrides) - set(row.overrides) == {"method.attack.name=none"}, cut
+        assert set(row.overrides) <= set(off.overrides) and off.ours and not row.ours, cut
 
 
 def test_bad_suite_arguments(tmp_path: Path) -> None:
