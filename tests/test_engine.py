@@ -238,8 +238,13 @@ def test_unwritable_output_folder_is_named(tmp_path: Path) -> None:
         Trainer(_config(), blocker / "run")
 
 
+KILL_RUN = 120  # iterations of the run that is killed and resumed
+
+
 def _train_subprocess(run: Path, extra: list[str]) -> subprocess.Popen[bytes]:
-    args = [*TINY, "train.iterations=8", "train.eval_every=0", "train.checkpoint_every=2"]
+    # Enough iterations that the kill below lands mid-run even on a fast, idle machine (with 8,
+    # the whole run once fitted between two polls and the test saw only its last checkpoint).
+    args = [*TINY, f"train.iterations={KILL_RUN}", "train.eval_every=0", "train.checkpoint_every=2"]
     cmd = [sys.executable, "-m", "apoda.cli", "train", "minicity/source_only", *args, *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     return subprocess.Popen(
@@ -254,13 +259,13 @@ def test_sigkilled_run_resumes_to_the_same_parameters(tmp_path: Path) -> None:
     last = tmp_path / "killed" / "checkpoints" / "last.pt"
     deadline = time.time() + 300
     while time.time() < deadline:  # kill -9 as soon as a checkpoint before the end exists
-        if last.is_file() and 2 <= load_checkpoint(last)["iteration"] < 8:
+        if last.is_file() and 2 <= load_checkpoint(last)["iteration"] < KILL_RUN:
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     killed_at = load_checkpoint(last)["iteration"]
-    assert killed_at < 8 and not (tmp_path / "killed" / "metrics.json").exists()
+    assert killed_at < KILL_RUN and not (tmp_path / "killed" / "metrics.json").exists()
     resumed = _train_subprocess(tmp_path / "killed", ["--resume"])
     assert resumed.wait(timeout=300) == 0
     whole, after = _params(tmp_path / "whole"), _params(tmp_path / "killed")
