@@ -82,6 +82,11 @@ def test_suite_definitions_carry_matched_controls() -> None:
         row, off = t4[f"cut_{cut}"], t4[f"cut_{cut}_none"]
         assert set(off.overrides) - set(row.overrides) == {"method.attack.name=none"}, cut
         assert set(row.overrides) <= set(off.overrides) and off.ours and not row.ours, cut
+    # layer4 is APODA itself: its twin is tables 1 and 3's attack-off row, the same run
+    assert set(t4["apoda_none"].overrides) - set(t4["apoda"].overrides) == {
+        "method.attack.name=none"
+    }
+    assert t4["apoda_none"].config == t4["apoda"].config == "apoda"
 
 
 def test_bad_suite_arguments(tmp_path: Path) -> None:

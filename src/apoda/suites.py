@@ -125,7 +125,9 @@ SUITES: dict[str, tuple[Row, ...]] = {
         STEP1,
         MATCHED,
         *(row for cut in ("pixel", "layer1", "layer2", "layer3") for row in _cut_rows(cut)),
-        Row("apoda", "perturb at layer4 (paper: APODA)", "apoda"),  # table1's APODA row
+        # layer4 is table 1's APODA and its attack-off control, the same runs
+        replace(APODA, label="perturb at layer4 (paper: APODA)"),
+        replace(APODA_OFF, label="perturb at layer4, attack off"),
     ),
     "table5": (
         STEP1,
