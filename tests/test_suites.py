@@ -76,17 +76,15 @@ def test_suite_definitions_carry_matched_controls() -> None:
     }
     assert len(bn_rows) == 3 and all(r.ours for r in bn_rows.values())
     assert bn_rows["apoda_adabn"].init == "adabn"
-    # below layer4 F trains backbone stages with D: each cut's control is its row, attack off
+    # every cut's control is its own row with the attack off: below layer4 (F trains backbone
+    # stages with D) a new row of ours; at layer4, APODA's attack-off row of tables 1 and 3
     t4 = {r.key: r for r in SUITES["table4"]}
-    for cut in ("pixel", "layer1", "layer2", "layer3"):
-        row, off = t4[f"cut_{cut}"], t4[f"cut_{cut}_none"]
-        assert set(off.overrides) - set(row.overrides) == {"method.attack.name=none"}, cut
-        assert set(row.overrides) <= set(off.overrides) and off.ours and not row.ours, cut
-    # layer4 is APODA itself: its twin is tables 1 and 3's attack-off row, the same run
-    assert set(t4["apoda_none"].overrides) - set(t4["apoda"].overrides) == {
-        "method.attack.name=none"
-    }
-    assert t4["apoda_none"].config == t4["apoda"].config == "apoda"
+    twins = {f"cut_{cut}": f"cut_{cut}_none" for cut in ("pixel", "layer1", "layer2", "layer3")}
+    for key, off_key in {**twins, "apoda": "apoda_none"}.items():
+        row, off = t4[key], t4[off_key]
+        assert set(off.overrides) - set(row.overrides) == {"method.attack.name=none"}, key
+        assert set(row.overrides) <= set(off.overrides) and off.config == row.config, key
+        assert off.ours == (key in twins) and not row.ours, key
 
 
 def test_bad_suite_arguments(tmp_path: Path) -> None:
