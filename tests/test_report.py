@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
+from apoda.config import Config, config_to_dict
 from apoda.errors import ApodaError
 from apoda.report import (
     plot_class_distribution,
@@ -22,12 +24,18 @@ from apoda.report import (
     read_run,
     write_report,
 )
+from apoda.report.domains import domain_stats
 from apoda.report.plots import (
     _class_distribution_figure,
     _curves_figure,
     _moving_average,
+    _per_class_iou_figure,
+    _qualitative_figure,
     _save,
+    legend_classes,
+    near_zero,
 )
+from apoda.report.stages import run_starts
 
 CLASSES = ["road", "car", "sign", "bike"]
 TAIL = ["sign", "bike"]
@@ -411,3 +419,154 @@ def test_class_distribution_legend_does_not_cover_the_bars(
     path = plot_class_distribution(stats, tmp_path / "dist.png")
     with Image.open(path) as image:
         assert image.size[0] >= box.x1 - axes.get_window_extent().x0
+
+
+# --------------------------------------------------------------------------- picture content
+
+
+def test_qualitative_legend_names_every_class_shown_and_only_those(
+    two_runs: list[Path],
+) -> None:
+    runs = [read_run(p) for p in two_runs]
+    for run, prediction in zip(runs, (2, 1), strict=True):
+        assert run.samples is not None
+        run.samples.labels[:] = 0
+        run.samples.labels[:, :3] = 255  # an ignore band
+        run.samples.labels[1, 10:] = 1  # car, only in the second image
+        run.samples.predictions[:] = prediction  # sign, car
+    figure = _qualitative_figure(runs, _palette(), max_samples=2)
+    (legend,) = figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["road", "car", "sign", "ignore"]
+    colours = [tuple(round(255 * c) for c in h.get_facecolor()[:3]) for h in legend.legend_handles]
+    assert colours[:3] == [tuple(c) for c in _palette()[:3]]
+    # The legend lies under the image grid, covering none of it.
+    FigureCanvasAgg(figure).draw()
+    box = legend.get_window_extent()
+    assert all(box.y1 <= axes.get_window_extent().y0 for axes in figure.axes)
+    # Only the shown images count: with one sample, car (second image only) is left out.
+    (one,) = _qualitative_figure(runs[:1], _palette(), max_samples=1).legends
+    assert [t.get_text() for t in one.get_texts()] == ["road", "sign", "ignore"]
+
+
+def test_legend_classes_names_ids_past_the_list_and_ignore() -> None:
+    maps = [np.array([[3, 0], [255, 0]], np.uint8), np.array([[7]], np.uint8)]
+    assert legend_classes(maps, CLASSES) == [(0, "road"), (3, "bike"), (7, "id 7"), (255, "ignore")]
+
+
+def _stage_run(root: Path, name: str, iterations: int, init_from: str | None = None) -> Path:
+    """A run folder of `iterations` steps (a line every 100), started from `init_from`."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    config = {"method": {"name": name}, "model": {"init_from": init_from}}
+    config["train"] = {"iterations": iterations}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    lines = [
+        {"kind": "train", "iteration": i, "time": 0.1, "values": {"loss/seg": 1.0 / i}}
+        for i in range(100, iterations + 1, 100)
+    ]
+    lines.append({"kind": "eval", "iteration": iterations, "miou": 20.0, "head_miou": 30.0})
+    (folder / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return folder
+
+
+def test_curves_draw_a_run_after_the_run_it_started_from(tmp_path: Path) -> None:
+    step1 = _stage_run(tmp_path, "step1", 1000)
+    apoda = _stage_run(tmp_path, "apoda", 200, str(step1 / "checkpoints" / "last.pt"))
+    runs = [read_run(apoda), read_run(step1)]  # order of the arguments does not matter
+    starts = run_starts(runs)
+    assert [s.offset for s in starts] == [1000, 0]
+    assert starts[0].after == "step1" and starts[1].after is None
+    figure = _curves_figure(runs)
+    for axes in figure.axes:
+        assert axes.get_xlabel() == "total training iterations"
+        lines = {line.get_label(): line.get_xdata() for line in axes.get_lines()}
+        assert min(lines["apoda"]) >= 1000 and max(lines["apoda"]) == 1200
+        assert max(lines["step1"]) == 1000
+        stage = [line for line in axes.get_lines() if line.get_gid() == "stage-start"]
+        assert stage and all(list(line.get_xdata()) == [1000, 1000] for line in stage)
+    assert figure.get_suptitle() == "apoda start from step1 (at iteration 1000, dotted line)"
+
+
+def test_run_starts_follow_chains_folders_on_disk_and_best_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    step1 = _stage_run(tmp_path, "step1", 1000)
+    metrics = {"iteration": 600, "selection": "oracle-best", "per_class": {}}
+    (step1 / "metrics.json").write_text(json.dumps(metrics))
+    from_best = _stage_run(tmp_path, "from_best", 200, str(step1 / "checkpoints" / "best.pt"))
+    monkeypatch.chdir(tmp_path)  # a relative init_from: a run folder, its last checkpoint
+    second = _stage_run(tmp_path, "second", 300, "from_best")
+    lost = _stage_run(tmp_path, "lost", 100, str(tmp_path / "gone" / "checkpoints" / "last.pt"))
+    # step1 is not among the runs given: it is read from its folder.
+    starts = run_starts([read_run(p) for p in (from_best, second, lost)])
+    assert [s.offset for s in starts] == [600, 800, 0]
+    assert [s.after for s in starts] == ["step1", "from_best", None]
+    assert starts[2].missing is not None and "gone" in starts[2].missing
+    figure = _curves_figure([read_run(lost)])
+    assert "lost: start" in figure.get_suptitle() and "drawn from 0" in figure.get_suptitle()
+
+
+def _tiny_minicity_config() -> dict[str, Any]:
+    config = config_to_dict(Config())
+    config["data"]["minicity"].update(
+        n_source=16, n_target_train=16, n_target_val=8, height=32, width=64
+    )
+    return config
+
+
+def test_class_distribution_draws_the_targets_labelled_val_split(tmp_path: Path) -> None:
+    folder = _make_run(tmp_path, "run", [50.0, 40.0, 30.0, 20.0], samples=False)
+    (folder / "stats" / "target.json").unlink()  # as training writes it: source stats only
+    (folder / "config.yaml").write_text(yaml.safe_dump(_tiny_minicity_config()))
+    found = domain_stats([read_run(folder)])
+    assert found is not None and found.target_missing is None
+    labels = list(found.stats)
+    assert labels == ["source: source train (3 images)", "target: minicity val (8 images)"]
+    target = found.stats[labels[1]]
+    assert target["split"] == "val" and target["tail_classes"] == TAIL  # evaluation's tail
+    assert abs(sum(target["pixel_fraction"].values()) - 1.0) < 1e-6
+    figure = _class_distribution_figure(found.stats)
+    (axes,) = figure.axes
+    assert len(axes.containers) == 2  # one set of bars per domain
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == labels
+    text = write_report([read_run(folder)], tmp_path / "out").read_text()
+    assert "the target is its labelled val split, the images evaluation scores" in text
+
+
+@pytest.mark.parametrize("data", [None, {"target": "cityscapes", "target_root": "/nonexistent"}])
+def test_class_distribution_without_target_stats_says_source_only(
+    tmp_path: Path, data: dict[str, Any] | None
+) -> None:
+    folder = _make_run(tmp_path, "own", [50.0, 40.0, 30.0, 20.0], samples=False)
+    (folder / "stats" / "target.json").unlink()
+    if data is not None:
+        config = _tiny_minicity_config()
+        config["data"].update(data)
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    found = domain_stats([read_run(folder)])
+    assert found is not None and list(found.stats) == ["source: source train (3 images)"]
+    assert found.target_missing
+    assert len(_class_distribution_figure(found.stats).axes[0].containers) == 1
+    text = write_report([read_run(folder)], tmp_path / "out").read_text()
+    assert "Only the source is drawn: there are no target class statistics for own" in text
+    assert "](class_distribution.png)" in text
+
+
+def test_per_class_iou_prints_values_and_marks_near_zero_bars_and_tail(tmp_path: Path) -> None:
+    runs = [
+        read_run(_make_run(tmp_path, "a", [90.0, 0.0, 0.4, None], samples=False)),
+        read_run(_make_run(tmp_path, "b", [80.0, 60.0, 1.0, 2.5], samples=False)),
+    ]
+    assert near_zero([0.0, 0.4, 1.0, math.nan, 55.0]) == [True, True, False, False, False]
+    figure = _per_class_iou_figure(runs)
+    (axes,) = figure.axes
+    texts = [t.get_text() for t in axes.texts]
+    assert texts == ["90.0", "0.0", "0.4", "n/a", "80.0", "60.0", "1.0", "2.5"]
+    marked = [line for line in axes.get_lines() if line.get_gid() == "near-zero"]
+    assert len(marked) == 1 and len(marked[0].get_xdata()) == 2  # run a's car and sign
+    bars = axes.containers[0]
+    np.testing.assert_allclose(
+        marked[0].get_xdata(), [bars[1].get_center()[0], bars[2].get_center()[0]]
+    )
+    ticks = [t.get_text() for t in axes.get_xticklabels()]
+    assert ticks == ["road", "car", "sign*", "bike*"]

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from apoda.errors import ApodaError
+from apoda.report.domains import DomainStats, domain_stats
 from apoda.report.plots import (
     GRAD_KEY,
     PICTURES,
@@ -94,17 +95,24 @@ def _per_class_table(runs: Sequence[Run]) -> list[str]:
 
 _HOW_TO_READ = {
     "class_distribution": "Each class's share of labelled pixels per domain, log scale, sorted "
-    "by the first domain; red classes are the tail. Bars that differ between domains show a "
-    "shift in the class prior, which weights taken from source frequencies do not follow.",
-    "per_class_iou": "IoU per class, one bar per run; red, shaded classes are the tail, the "
-    "classes that the paper finds global adversarial alignment neglects.",
+    "by the source's share; red classes are the tail (the source's, the ones evaluation "
+    "reports). The source is its training labels; the target is its labelled val split, the "
+    "images evaluation scores (its training images are unlabelled). Bars that differ between "
+    "domains show a shift in the class prior, which weights taken from source frequencies do "
+    "not follow.",
+    "per_class_iou": "IoU per class, one bar per run, its value printed above it; a triangle at "
+    "the foot marks a bar under 1 (invisible on this scale). Red, starred, shaded classes are "
+    "the tail, the classes that the paper finds global adversarial alignment neglects.",
     "qualitative": "Rows are fixed target-val images: the image, its ground truth, then each "
-    "run's prediction, all in the dataset's class colours.",
+    "run's prediction, all in the dataset's class colours; the legend below names the colour "
+    "of every class in the shown labels and predictions (black = ignore, not scored).",
     "gradient_intensity": "log10 of the mean |gradient| of each attack objective at each "
     "attack iteration k; objectives orders of magnitude apart mean one of them decides the sign "
     "of a summed I-FGSM step, which is what I-FGSPM's per-objective signs avoid.",
     "curves": "Training values (faint) with their moving average (solid), then target mIoU, "
-    "head and tail mIoU at each evaluation; compare runs panel by panel.",
+    "head and tail mIoU at each evaluation, over total training iterations: a run that starts "
+    "from another run's checkpoint (model.init_from) is drawn after that run, from a dotted line "
+    "at the iteration it took over, so stages read left to right; compare runs panel by panel.",
 }
 
 _TITLES = {
@@ -114,6 +122,18 @@ _TITLES = {
     "gradient_intensity": "Attack gradient intensity",
     "curves": "Training and evaluation curves",
 }
+
+
+def _how_to_read(key: str, domains: DomainStats | None) -> str:
+    """The line under a picture; the class distribution's says when only the source is drawn."""
+    if key != "class_distribution" or domains is None or domains.target_missing is None:
+        return _HOW_TO_READ[key]
+    return (
+        "Each class's share of the source's labelled pixels (its training labels), log scale, "
+        "largest first; red classes are the tail. Only the source is drawn: there are no "
+        f"target class statistics for {domains.run} ({domains.target_missing}), so this "
+        "picture shows the source's class prior, not a shift between domains."
+    )
 
 
 def write_report(
@@ -132,18 +152,16 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    stats_run = next((r for r in runs if r.stats), None)
+    domains = domain_stats(runs)
     grad_run = next(
         (r for r in runs if any(GRAD_KEY.match(k) for t in r.train_records for k in t["values"])),
         None,
     )
     drawers: dict[str, tuple[Callable[[Path], Path] | None, str, str]] = {
         "class_distribution": (
-            partial(plot_class_distribution, stats_run.stats)
-            if stats_run and stats_run.stats
-            else None,
+            partial(plot_class_distribution, domains.stats) if domains else None,
             "no run has stats/source.json or stats/target.json",
-            f"(stats of {stats_run.name})" if stats_run else "",
+            f"(stats of {domains.run})" if domains else "",
         ),
         "per_class_iou": (
             partial(plot_per_class_iou, runs),
@@ -185,7 +203,7 @@ def write_report(
                 lines += [
                     f"![{_TITLES[key]}]({PICTURES[key]})",
                     "",
-                    f"How to read this: {_HOW_TO_READ[key]}",
+                    f"How to read this: {_how_to_read(key, domains)}",
                     "",
                 ]
                 continue

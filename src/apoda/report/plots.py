@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from apoda.errors import ApodaError
 from apoda.report.reading import (
@@ -24,6 +25,7 @@ from apoda.report.reading import (
     tail_of,
     union,
 )
+from apoda.report.stages import Start, run_starts
 
 PICTURES = {
     "class_distribution": "class_distribution.png",
@@ -119,11 +121,23 @@ def _class_distribution_figure(stats: Mapping[str, Mapping[str, Any]]) -> Figure
         positive.extend(shown[np.isfinite(shown)].tolist())
         offsets = np.arange(len(names)) - 0.4 + width * (index + 0.5)
         axes.bar(offsets, shown, width=width, label=domain)
+        for offset in offsets[values == 0]:  # no bar on a log axis: say it is zero
+            axes.text(
+                offset,
+                0.01,
+                "0",
+                transform=axes.get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color=f"C{index % 10}",
+                fontweight="bold",
+            )
     axes.set_yscale("log")
     if positive:
         axes.set_ylim(bottom=min(positive) / 2)
     axes.set_ylabel("share of labelled pixels (%)")
-    axes.set_title("class distribution (tail classes in red)")
+    axes.set_title("class share per domain (tail classes in red; 0 = no pixel of the class)")
     _mark_tail(axes, names, tail)
     # Outside the axes (to the right), so the legend never covers a bar.
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
@@ -131,14 +145,52 @@ def _class_distribution_figure(stats: Mapping[str, Mapping[str, Any]]) -> Figure
 
 
 def plot_per_class_iou(runs: Sequence[Run], path: str | Path) -> Path:
-    """Per-class IoU, one group of bars per class and one bar per run; tail classes in red."""
+    """Per-class IoU, one group of bars per class and one bar per run, each with its value; bars
+    under 1 get a marker at the foot, tail classes are red and starred."""
+    return _save(_per_class_iou_figure(runs), path)
+
+
+_NEAR_ZERO = 1.0
+"""IoU (%) under which a bar is too short to see on a 0-100 axis: it gets a marker."""
+
+
+def near_zero(values: Sequence[float]) -> list[bool]:
+    """Which IoUs (%) are scored but under 1, too short a bar to see on a 0-100 axis."""
+    return [math.isfinite(v) and v < _NEAR_ZERO for v in values]
+
+
+def _label_bars(axes: Axes, offsets: np.ndarray, values: Sequence[float], colour: str) -> None:
+    """Each bar's value above it (n/a where there is none); a triangle at the foot of bars < 1,
+    with the value above the triangle."""
+    low = near_zero(values)
+    for offset, value, small in zip(offsets, values, low, strict=True):
+        y = 3.5 if small else (value if math.isfinite(value) else 0.0) + 1
+        axes.text(
+            offset, y, format_percent(value), ha="center", va="bottom", rotation=90, fontsize=6.5
+        )
+    if any(low):
+        axes.plot(
+            offsets[np.array(low)],
+            np.full(sum(low), 1.4),
+            linestyle="none",
+            marker="^",
+            ms=5,
+            color=colour,
+            markeredgecolor="k",
+            markeredgewidth=0.4,
+            gid="near-zero",
+        )
+
+
+def _per_class_iou_figure(runs: Sequence[Run]) -> Figure:
+    """The figure `plot_per_class_iou` saves."""
     scored = [r for r in runs if r.metrics and isinstance(r.metrics.get("per_class"), Mapping)]
     if not scored:
         raise ApodaError("per-class IoU: no run has metrics.json with per_class")
     names = union(class_names_of(r.metrics or {}) for r in scored)
     tail = set(union(tail_of(r.metrics) for r in scored))
 
-    figure = Figure(figsize=(max(8.0, len(names) * (0.35 + 0.15 * len(scored))), 4.5))
+    figure = Figure(figsize=(max(8.0, len(names) * (0.35 + 0.15 * len(scored))), 4.8))
     axes = figure.add_subplot()
     width = 0.8 / len(scored)
     for index, run in enumerate(scored):
@@ -146,16 +198,24 @@ def plot_per_class_iou(runs: Sequence[Run], path: str | Path) -> Path:
         values = [as_number(per_class.get(n)) for n in names]
         offsets = np.arange(len(names)) - 0.4 + width * (index + 0.5)
         miou = as_number((run.metrics or {}).get("miou"))
-        axes.bar(offsets, values, width=width, label=f"{run.name} (mIoU {format_percent(miou)})")
-        for offset, value in zip(offsets, values, strict=True):
-            if not math.isfinite(value):  # tell "no IoU" apart from an IoU of zero
-                axes.text(offset, 1, "n/a", ha="center", va="bottom", rotation=90, fontsize=7)
+        colour = f"C{index % 10}"
+        axes.bar(
+            offsets,
+            values,
+            width=width,
+            color=colour,
+            label=f"{run.name} (mIoU {format_percent(miou)})",
+        )
+        _label_bars(axes, offsets, values, colour)
     axes.set_ylabel("IoU (%)")
-    axes.set_ylim(0, 100)
-    axes.set_title("per-class IoU (tail classes in red)")
-    _mark_tail(axes, names, tail)
-    axes.legend(fontsize="small")
-    return _save(figure, path)
+    axes.set_ylim(0, 112)  # room for the value above a bar near 100
+    axes.set_yticks(range(0, 101, 20))
+    axes.set_title(
+        "per-class IoU: value above each bar, \u25b2 = IoU under 1, tail classes* in red"
+    )
+    _mark_tail(axes, [f"{n}*" if n in tail else n for n in names], {f"{n}*" for n in tail})
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    return figure
 
 
 def _check_palette(palette: Any) -> np.ndarray:
@@ -173,27 +233,86 @@ def plot_qualitative(
     palette: np.ndarray | None = None,
     max_samples: int = 4,
 ) -> Path:
-    """Rows of samples; columns image, ground truth, then each run's prediction (paper Fig. 6).
+    """Rows of samples; columns image, ground truth, then each run's prediction (paper Fig. 6),
+    with a legend below of the colours of every class in the shown labels and predictions.
 
     Images and labels come from the first run with samples; every run with samples must hold the
     same number of images at the same size, since they must be predictions on the same images.
     The default palette is that run's class colours (metrics.json), else Cityscapes'.
     """
+    return _save(_qualitative_figure(runs, palette, max_samples), path)
+
+
+def _run_palette(run: Run) -> np.ndarray:
+    """A run's class colours (metrics.json class_colors), else the Cityscapes palette."""
+    from apoda.data.classes import CITYSCAPES_PALETTE, palette_of
+
+    run_colours = (run.metrics or {}).get("class_colors")
+    try:
+        return palette_of(run_colours) if run_colours else CITYSCAPES_PALETTE
+    except (ValueError, TypeError, OverflowError):
+        raise ApodaError(
+            f"qualitative: class_colors of {run.path / 'metrics.json'} are not [R, G, B]s"
+        ) from None
+
+
+def _sample_class_names(runs: Sequence[Run]) -> list[str]:
+    """Class names for train ids: the first run's metrics.json that has them, else Cityscapes'."""
+    from apoda.data.classes import CITYSCAPES19
+
+    for run in runs:
+        names = class_names_of(run.metrics or {})
+        if names:
+            return names
+    return list(CITYSCAPES19.class_names)
+
+
+def legend_classes(maps: Iterable[np.ndarray], names: Sequence[str]) -> list[tuple[int, str]]:
+    """(train id, name) of every value in the label/prediction maps, in id order; 255 is the
+    ignore label, an id past `names` is shown as its number."""
+    present = np.unique(np.concatenate([np.unique(m) for m in maps]))
+    return [
+        (int(i), "ignore" if i == 255 else names[i] if i < len(names) else f"id {i}")
+        for i in present
+    ]
+
+
+_LEGEND_ENTRY_W = 1.45
+"""Inches of figure width one legend entry (patch and class name) takes."""
+
+
+def _legend_columns(entries: int, figure_width: float) -> int:
+    """Legend columns: as many as fit the width, fewer when that balances the rows."""
+    fit = max(1, min(entries, int(figure_width / _LEGEND_ENTRY_W)))
+    return math.ceil(entries / math.ceil(entries / fit))
+
+
+def _class_legend(figure: Figure, entries: Sequence[tuple[int, str]], colours: np.ndarray) -> None:
+    """Colour patches with class names in rows under the grid, as many columns as fit."""
+    patches = [
+        Patch(facecolor=colours[i] / 255.0, edgecolor="0.4", linewidth=0.5, label=name)
+        for i, name in entries
+    ]
+    figure.legend(
+        handles=patches,
+        loc="outside lower center",
+        ncols=_legend_columns(len(patches), figure.get_figwidth()),
+        fontsize="small",
+        frameon=False,
+        title="class colours (of the labels and predictions shown)",
+        title_fontsize="small",
+    )
+
+
+def _qualitative_figure(
+    runs: Sequence[Run], palette: np.ndarray | None = None, max_samples: int = 4
+) -> Figure:
+    """The figure `plot_qualitative` saves."""
     pairs = [(r, r.samples) for r in runs if r.samples is not None]
     if not pairs:
         raise ApodaError("qualitative: no run has samples.npz")
     first, reference = pairs[0]
-    if palette is None:
-        from apoda.data.classes import CITYSCAPES_PALETTE, palette_of
-
-        run_colours = (first.metrics or {}).get("class_colors")
-        try:
-            palette = palette_of(run_colours) if run_colours else CITYSCAPES_PALETTE
-        except (ValueError, TypeError, OverflowError):
-            raise ApodaError(
-                f"qualitative: class_colors of {first.path / 'metrics.json'} are not [R, G, B]s"
-            ) from None
-    colours = _check_palette(palette)
+    colours = _check_palette(_run_palette(first) if palette is None else palette)
     for run, samples in pairs[1:]:
         if samples.labels.shape != reference.labels.shape:
             raise ApodaError(
@@ -207,8 +326,12 @@ def plot_qualitative(
     height, width = reference.labels.shape[1:]
     columns = 2 + len(pairs)
     cell_w = 2.6
+    shown = [reference.labels[:count], *(samples.predictions[:count] for _, samples in pairs)]
+    entries = legend_classes(shown, _sample_class_names(runs))
+    legend_rows = math.ceil(len(entries) / _legend_columns(len(entries), cell_w * columns))
     figure = Figure(
-        figsize=(cell_w * columns, cell_w * height / width * count + 0.4), layout="constrained"
+        figsize=(cell_w * columns, cell_w * height / width * count + 0.7 + 0.25 * legend_rows),
+        layout="constrained",
     )
     grid = figure.subplots(count, columns, squeeze=False)
     titles = ["image", "ground truth", *(run.name for run, _ in pairs)]
@@ -221,7 +344,8 @@ def plot_qualitative(
             axes.set_axis_off()
             if row == 0:
                 axes.set_title(titles[col], fontsize="medium")
-    return _save(figure, path)
+    _class_legend(figure, entries, colours)
+    return figure
 
 
 def _attack_series(
@@ -319,13 +443,39 @@ _FEW_POINTS = 20
 def plot_curves(runs: Sequence[Run], path: str | Path, window: int | None = None) -> Path:
     """One panel per logged quantity, runs overlaid: training values (faint) with a trailing
     moving average (solid; `window` lines, default about a tenth of the run), then evaluation
-    mIoU, head and tail mIoU over iterations. Attack keys are left to the gradient picture.
-    Series of fewer than 20 points are drawn with markers, so a short run's values show."""
+    mIoU, head and tail mIoU over total training iterations: a run started from another run's
+    checkpoint (`model.init_from`) is drawn after it, from a dotted line at that run's end.
+    Attack keys are left to the gradient picture. Series of fewer than 20 points are drawn with
+    markers, so a short run's values show."""
     return _save(_curves_figure(runs, window), path)
 
 
+def _stage_note(runs: Sequence[Run], starts: Sequence[Start]) -> str:
+    """One line naming the runs drawn after the run they started from (and starts not found)."""
+    after: dict[tuple[str, int], list[str]] = {}
+    for run, start in zip(runs, starts, strict=True):
+        if start.after is not None:
+            after.setdefault((start.after, start.offset), []).append(run.name)
+    parts = [
+        f"{', '.join(names)} start from {parent} (at iteration {offset}, dotted line)"
+        for (parent, offset), names in after.items()
+    ]
+    parts += [
+        f"{run.name}: start {start.missing} not found, drawn from 0"
+        for run, start in zip(runs, starts, strict=True)
+        if start.missing
+    ]
+    return "; ".join(parts)
+
+
+def _mark_start(panel: Axes, start: Start) -> None:
+    """A grey dotted line where a run that continues another run begins (runs may share it)."""
+    if start.after is not None:
+        panel.axvline(start.offset, color="0.45", linestyle=":", lw=1.2, gid="stage-start")
+
+
 def _curves_figure(runs: Sequence[Run], window: int | None = None) -> Figure:
-    """The figure `plot_curves` saves."""
+    """The figure `plot_curves` saves: x is total training iterations (see `run_starts`)."""
     keys = sorted(
         union(
             (k for k in r["values"] if not k.startswith("attack/"))
@@ -345,9 +495,10 @@ def _curves_figure(runs: Sequence[Run], window: int | None = None) -> Figure:
         "head_miou": "eval head mIoU (%)",
         "tail_miou": "eval tail mIoU (%)",
     }
+    starts = run_starts(runs)
     figure, panels = _grid(len(keys) + len(eval_keys), 3, (4.6, 3.2))
     for panel, key in zip(panels, keys, strict=False):
-        for index, run in enumerate(runs):
+        for index, (run, start) in enumerate(zip(runs, starts, strict=True)):
             points = [
                 (as_number(r.get("iteration")), as_number(r["values"].get(key)))
                 for r in run.train_records
@@ -356,25 +507,31 @@ def _curves_figure(runs: Sequence[Run], window: int | None = None) -> Figure:
             xy = np.array([p for p in points if math.isfinite(p[0]) and math.isfinite(p[1])])
             if not len(xy):
                 continue
+            xy[:, 0] += start.offset
             colour = f"C{index % 10}"
             panel.plot(xy[:, 0], xy[:, 1], color=colour, alpha=0.25, lw=0.8)
             size = window if window is not None else max(1, len(xy) // 10)
             sx, sy = _moving_average(xy[:, 0], xy[:, 1], size)
             marker = "o" if len(sx) < _FEW_POINTS else None
             panel.plot(sx, sy, color=colour, lw=1.5, marker=marker, ms=4, label=run.name)
+            _mark_start(panel, start)
         panel.set_title(key, fontsize="medium")
-        panel.set_xlabel("iteration")
     for panel, key in zip(panels[len(keys) :], eval_keys, strict=True):
-        for index, run in enumerate(runs):
+        for index, (run, start) in enumerate(zip(runs, starts, strict=True)):
             xy = np.array(
                 [(as_number(r.get("iteration")), as_number(r.get(key))) for r in run.eval_records]
             ).reshape(-1, 2)
             xy = xy[np.isfinite(xy).all(axis=1)]
             if len(xy):
+                xy[:, 0] += start.offset
                 panel.plot(xy[:, 0], xy[:, 1], color=f"C{index % 10}", marker="o", label=run.name)
+                _mark_start(panel, start)
         panel.set_title(titles[key], fontsize="medium")
-        panel.set_xlabel("iteration")
     for panel in panels:
+        panel.set_xlabel("total training iterations")
         if panel.get_legend_handles_labels()[0]:
             panel.legend(fontsize="x-small")
+    note = _stage_note(runs, starts)
+    if note:
+        figure.suptitle(note, fontsize="medium")
     return figure
