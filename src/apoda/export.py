@@ -3,11 +3,22 @@ input size, in eval mode, as one ONNX or TorchScript file, checked against PyTor
 `load_exported` reads such a file back (`apoda predict` takes it in place of a checkpoint).
 
 Both formats take what a checkpoint's segmenter takes, a normalised float32 batch
-``image [batch, 3, H, W]``, and give float32 ``logits [batch, classes, H, W]``. The batch axis
-is dynamic; the spatial axes are too unless tracing shows that Python code read the sample's
-size (EfficientNet's "same" padding does), which fixes them. The file carries, as JSON (the ONNX
-metadata_props key ``apoda``, the TorchScript extra file ``apoda.json``), how to normalise an
-image, the size the model was exported and checked at, and the class names and colours.
+``image [batch, 3, H, W]``, and give float32 ``logits [batch, classes, H, W]``, with the batch,
+height and width axes dynamic for every backbone apoda builds: the file runs each image at its
+own size, as the checkpoint does. EfficientNet's "same" padding, which Python computes from the
+input size, is traced in an equivalent form that reads the size in the graph (`_traceable`).
+Should tracing still fix the size (a TracerWarning), the spatial axes stay fixed, and export
+refuses unless the checkpoint itself resizes every image to that size (its data.target_size).
+
+The written file is checked against PyTorch on a sample image and its mirror, and, when its
+size is dynamic, on the sample resized to another size of the other parity (`other_size`).
+
+The file carries, as JSON (the ONNX metadata_props key ``apoda``, the TorchScript extra file
+``apoda.json``), how to normalise an image, the size it was checked at, the size `apoda predict`
+resizes images to first (``input.resize``: the run's data.target_size, as for its checkpoint;
+null: each image at its own size), and the class names and colours. Files of metadata version 1
+(written by earlier apodas) have no ``resize``: `apoda predict` runs them as it always did,
+every image resized to their ``size``.
 
 ONNX export uses torch's TorchScript-based exporter (``dynamo=False``): it needs no onnxscript,
 and it shares the trace with the TorchScript format. A TorchScript file holds code that
@@ -47,6 +58,7 @@ from apoda.data.transforms import (
 )
 from apoda.errors import ApodaError
 from apoda.inference import IMAGE_SUFFIXES, checkpoint_scheme, load_segmenter
+from apoda.models.efficientnet import SameConv2d
 from apoda.models.segmenter import ALIGN_CORNERS, Segmenter
 from apoda.runs import checkpoint_file, writable_folder
 from apoda.torch_files import first_line
@@ -58,7 +70,9 @@ NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
 RUNTIMES = {"onnx": "ONNX Runtime", "torchscript": "TorchScript (torch.jit.load)"}
 METADATA_KEY = "apoda"
 EXTRA_FILE = "apoda.json"
-METADATA_VERSION = 1
+METADATA_VERSION = 2
+"""Version 2 added ``input.resize``; version 1 files are still read (resized to their size)."""
+READABLE_VERSIONS = (1, 2)
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 ONNX_OPSET = 17
@@ -107,6 +121,52 @@ class DeployedSegmenter(nn.Module):
         return F.interpolate(
             logits, size=x.shape[-2:], mode="bilinear", align_corners=ALIGN_CORNERS
         )
+
+
+def _dynamic_same_forward(self: SameConv2d, x: torch.Tensor) -> torch.Tensor:
+    """`SameConv2d.forward` at strides 1 and 2, in a form a trace keeps for every input size.
+
+    With an odd kernel k and dilation d the "same" padding of a stride-2 side of size s totals
+    2P = (k-1)·d on an odd side (P before, P after) and 2P - 1 on an even side (P - 1 before,
+    P after): pad P on both sides, then drop the first row (column) where the side is even. The
+    parity is read from the padded tensor's shape, which the trace records; the values the
+    convolution sees are those of `SameConv2d.forward`, so its output is the same."""
+    pad_h = (self.kernel_size[0] - 1) * self.dilation[0] // 2
+    pad_w = (self.kernel_size[1] - 1) * self.dilation[1] // 2
+    x = F.pad(x, (pad_w, pad_w, pad_h, pad_h))
+    if pad_h and self.stride[0] > 1:
+        x = x[..., 1 - x.shape[-2] % 2 :, :]
+    if pad_w and self.stride[1] > 1:
+        x = x[..., 1 - x.shape[-1] % 2 :]
+    return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _traceable(model: nn.Module) -> list[SameConv2d]:
+    """Give every strided `SameConv2d` of `model` `_dynamic_same_forward` (undo by deleting the
+    instance attribute `forward`); the convolutions changed. Only stride 2 is rewritten: the
+    equivalence above holds for it (EfficientNet strides no further); other strides are left
+    to the trace, which then warns and fixes the size."""
+    changed = []
+    for module in model.modules():
+        strided = isinstance(module, SameConv2d) and module.stride != (1, 1)
+        if strided and set(module.stride) <= {1, 2} and "forward" not in vars(module):
+            module.forward = _dynamic_same_forward.__get__(module)  # type: ignore[method-assign]
+            changed.append(module)
+    return changed
+
+
+def other_size(size: tuple[int, int]) -> tuple[int, int]:
+    """A second size to check a dynamic export at: each side s moved by the odd number
+    s // 4 | 1 (down, unless that leaves fewer than 9 pixels; 2 more where it would land on a
+    multiple of 8), so the parity of both sides differs from `size`'s (EfficientNet pads even
+    and odd sides differently) and neither is a multiple of 8: 32x64 -> 23x47, 64x128 -> 47x95."""
+
+    def side(s: int) -> int:
+        step = s // 4 | 1
+        other = s - step if s - step >= 9 else s + step
+        return other + 2 if other % 8 == 0 else other
+
+    return side(size[0]), side(size[1])
 
 
 def export_size(
@@ -214,14 +274,22 @@ def sample_image(config: Config, size: str | None) -> tuple[np.ndarray, str]:
     return resize_image(real, (width, height)), f"{data.target} val image {found[0].name}"
 
 
-def _trace(model: DeployedSegmenter, batch: torch.Tensor) -> tuple[torch.jit.ScriptModule, bool]:
-    """The traced model, and whether its spatial axes may stay dynamic: not when tracing warns
-    that Python read a tensor's size, which fixes the sample's size in the graph."""
-    with warnings.catch_warnings(record=True) as caught:  # and hides torch's deprecation notes
-        warnings.simplefilter("always")
-        traced = torch.jit.trace(model, batch, check_trace=False, _store_inputs=False)
-    sized = any(issubclass(w.category, torch.jit.TracerWarning) for w in caught)
-    return traced, not sized
+def _trace(
+    model: DeployedSegmenter, batch: torch.Tensor
+) -> tuple[torch.jit.ScriptModule, str | None]:
+    """The traced model (with `_traceable`'s forms), and None when its spatial axes may stay
+    dynamic, else why not: the first TracerWarning, which says that Python read a tensor's size
+    and so fixed the sample's size in the graph."""
+    changed = _traceable(model)
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # and hides torch's deprecations
+            warnings.simplefilter("always")
+            traced = torch.jit.trace(model, batch, check_trace=False, _store_inputs=False)
+    finally:
+        for module in changed:
+            del module.forward
+    sized = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    return traced, first_line(str(sized[0].message)) if sized else None
 
 
 def _write_onnx(
@@ -260,10 +328,13 @@ def _metadata(
     scheme: ClassScheme,
     size: tuple[int, int],
     axes: list[str],
+    resize: tuple[int, int] | None,
 ) -> dict[str, Any]:
     """What a deployment (and `apoda predict`) needs to feed the model and read its output."""
     caffe = config.data.normalisation == "caffe"
     height, width = size
+    dynamic = "height" in axes
+    spatial: list[int | str] = ["height", "width"] if dynamic else [height, width]
     return {
         "format_version": METADATA_VERSION,
         "written_by": f"apoda {__version__}",
@@ -271,10 +342,15 @@ def _metadata(
         "iteration": state.get("iteration"),
         "input": {
             "name": INPUT_NAME,
-            "shape": ["batch", 3, height, width],
+            "shape": ["batch", 3, *spatial],
             "dtype": "float32",
             "size": [height, width],
+            "size_meaning": "the size the export was checked at"
+            + ("" if dynamic else ", and the only one it takes"),
             "dynamic_axes": axes,
+            "resize": None if resize is None else list(resize),
+            "resize_meaning": "apoda predict resizes each image to this [height, width] first, "
+            "as the checkpoint does (its data.target_size); null: each image at its own size",
         },
         "normalisation": {
             "mode": config.data.normalisation,
@@ -286,7 +362,7 @@ def _metadata(
         },
         "output": {
             "name": OUTPUT_NAME,
-            "shape": ["batch", scheme.num_classes, height, width],
+            "shape": ["batch", scheme.num_classes, *spatial],
             "meaning": "class logits at the input size; the class is the argmax over axis 1",
         },
         "classes": {
@@ -299,8 +375,25 @@ def _metadata(
 
 
 @dataclass
+class SizeCheck:
+    """How the written file matched PyTorch at one input size: the largest |difference| of
+    their logits, the largest |logit|, the tolerance it had to meet, and the share of the
+    `pixels` (of all images of the check) whose argmax agrees."""
+
+    size: tuple[int, int]
+    max_difference: float
+    max_logit: float
+    tolerance: Tolerance
+    argmax_agreement: float
+    pixels: int
+
+
+@dataclass
 class ExportResult:
-    """What `export_checkpoint` wrote and how the check of the written file went."""
+    """What `export_checkpoint` wrote and how the check of the written file went: `size` is the
+    sample's (height, width), which the check fields describe (the sample and its mirror);
+    `other` the check at `other_size` (None for a fixed-size export); `resize` the (height,
+    width) `apoda predict` resizes images to first, as for the checkpoint (None: their own)."""
 
     out: Path
     format: Format
@@ -313,14 +406,71 @@ class ExportResult:
     tolerance: Tolerance
     argmax_agreement: float
     pixels: int
+    resize: tuple[int, int] | None = None
+    other: SizeCheck | None = None
+
+
+def _reference(
+    model: DeployedSegmenter, batch: torch.Tensor, path: Path, what: str
+) -> torch.Tensor:
+    """PyTorch's logits of `batch`; a one-line ApodaError when the model cannot run it or
+    gives non-finite values."""
+    height, width = batch.shape[-2:]
+    try:
+        with torch.no_grad():
+            reference = model(batch)
+    except RuntimeError as exc:
+        raise ApodaError(f"the model cannot run at {height}x{width}: {first_line(exc)}") from None
+    if not torch.isfinite(reference).all():
+        raise ApodaError(f"checkpoint {path} gives non-finite logits on {what}")
+    return reference
+
+
+def _check(
+    run: Callable[[torch.Tensor], torch.Tensor],
+    batch: torch.Tensor,
+    reference: torch.Tensor,
+    tolerance: Tolerance,
+    fmt: Format,
+    out: Path,
+    at: str = "",
+) -> SizeCheck:
+    """Run the written file on `batch` and compare with PyTorch's `reference`; an ApodaError
+    (`at` names the size where it is not the sample's) when the shapes or values disagree."""
+    with torch.no_grad():
+        logits = run(batch)
+    if logits.shape != reference.shape:
+        raise ApodaError(
+            f"export check failed: {RUNTIMES[fmt]} gives logits of shape "
+            f"{list(logits.shape)}, PyTorch {list(reference.shape)}; {out} not written"
+        )
+    difference = float((logits - reference).abs().max())
+    if not difference <= tolerance.value:  # NaN fails too
+        raise ApodaError(
+            f"export check failed: largest |difference| {difference:.3g} between "
+            f"{RUNTIMES[fmt]} and PyTorch logits{at} exceeds the tolerance {tolerance.value:.3g}; "
+            f"{out} not written"
+        )
+    height, width = batch.shape[-2:]
+    return SizeCheck(
+        size=(int(height), int(width)),
+        max_difference=difference,
+        max_logit=float(reference.abs().max()),
+        tolerance=tolerance,
+        argmax_agreement=float((logits.argmax(1) == reference.argmax(1)).float().mean()),
+        pixels=int(reference[:, 0].numel()),
+    )
 
 
 def export_checkpoint(
     checkpoint: str | Path, fmt: Format, out: str | Path, size: str | None = None
 ) -> ExportResult:
     """Write the checkpoint's segmenter to `out` and check the written file against PyTorch on
-    a sample image and its mirror (a batch of 2); an ApodaError naming the largest difference
-    and the tolerance, and nothing written, when they disagree."""
+    a sample image and its mirror (a batch of 2) and, when its size is dynamic, on the sample
+    resized to `other_size`; an ApodaError naming the largest difference and the tolerance,
+    and nothing written, when they disagree. A file whose size tracing fixed is refused unless
+    the checkpoint resizes every image to that size too (its data.target_size): at any other
+    size it would not give the checkpoint's answers."""
     if fmt not in SUFFIXES:
         raise ApodaError(f"--format {fmt!r}: expected one of {', '.join(SUFFIXES)}")
     out_path = Path(out)
@@ -339,42 +489,52 @@ def export_checkpoint(
     segmenter, config, state = load_segmenter(path)
     rgb, sample = sample_image(config, size)
     height, width = rgb.shape[:2]
-    image = Normalisation(config.data.normalisation).normalise(rgb)
+    target_size = config.data.target_size
+    resize = (int(target_size[1]), int(target_size[0])) if target_size else None  # as predict
+    normalisation = Normalisation(config.data.normalisation)
+    image = normalisation.normalise(rgb)
     batch = torch.stack([image, image.flip(-1)])
     model = DeployedSegmenter(segmenter).eval()
-    try:
-        with torch.no_grad():
-            reference = model(batch)
-    except RuntimeError as exc:
-        raise ApodaError(f"the model cannot run at {height}x{width}: {first_line(exc)}") from None
-    if not torch.isfinite(reference).all():
-        raise ApodaError(f"checkpoint {path} gives non-finite logits on {sample}")
+    reference = _reference(model, batch, path, sample)
     tolerance = rounding_tolerance(segmenter, batch)
-    traced, dynamic_size = _trace(model, batch)
-    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
+    traced, fixed_by = _trace(model, batch)
+    if fixed_by is not None and resize != (height, width):
+        does = (
+            "runs each image at its own size (no data.target_size)"
+            if resize is None
+            else f"resizes images to its data.target_size {resize[0]}x{resize[1]}"
+        )
+        raise ApodaError(
+            f"cannot export {segmenter.arch} at a fixed size: tracing fixed the input size to "
+            f"{height}x{width} ({fixed_by}), but the checkpoint {does}, so the file would not "
+            f"give its answers; {out_path} not written"
+        )
+    checks = [(batch, reference, tolerance, "")]  # inputs, PyTorch's logits, tolerance, where
+    if fixed_by is None:  # a dynamic file must also match at a size it was not traced at
+        other_height, other_width = other_size((height, width))
+        other_rgb = resize_image(rgb, (other_width, other_height))
+        other = normalisation.normalise(other_rgb)[None]
+        what = f"{sample} resized to {other_height}x{other_width}"
+        other_reference = _reference(model, other, path, what)
+        other_tolerance = rounding_tolerance(segmenter, other)
+        checks.append(
+            (other, other_reference, other_tolerance, f" at {other_height}x{other_width}")
+        )
+    axes = {0: "batch", 2: "height", 3: "width"} if fixed_by is None else {0: "batch"}
     scheme = checkpoint_scheme(state, config, path)
-    meta = json.dumps(_metadata(path, state, config, scheme, (height, width), list(axes.values())))
+    meta = json.dumps(
+        _metadata(path, state, config, scheme, (height, width), list(axes.values()), resize)
+    )
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}{out_path.suffix}")
     try:
         if fmt == "onnx":
             _write_onnx(traced, batch, tmp, axes, meta)
         else:
             _write_torchscript(traced, tmp, meta)
-        with torch.no_grad():
-            logits = load_exported(tmp).run(batch)
-        if logits.shape != reference.shape:
-            raise ApodaError(
-                f"export check failed: {RUNTIMES[fmt]} gives logits of shape "
-                f"{list(logits.shape)}, PyTorch {list(reference.shape)}; {out_path} not written"
-            )
-        difference = float((logits - reference).abs().max())
-        if not difference <= tolerance.value:  # NaN fails too
-            raise ApodaError(
-                f"export check failed: largest |difference| {difference:.3g} between "
-                f"{RUNTIMES[fmt]} and PyTorch logits exceeds the tolerance {tolerance.value:.3g}; "
-                f"{out_path} not written"
-            )
-        agreement = float((logits.argmax(1) == reference.argmax(1)).float().mean())
+        run = load_exported(tmp).run
+        check, *other_checks = [
+            _check(run, x, ref, tol, fmt, out_path, at) for x, ref, tol, at in checks
+        ]
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -385,19 +545,24 @@ def export_checkpoint(
         dynamic_axes=list(axes.values()),
         num_classes=segmenter.num_classes,
         sample=sample,
-        max_difference=difference,
-        max_logit=float(reference.abs().max()),
+        max_difference=check.max_difference,
+        max_logit=check.max_logit,
         tolerance=tolerance,
-        argmax_agreement=agreement,
-        pixels=int(reference[:, 0].numel()),
+        argmax_agreement=check.argmax_agreement,
+        pixels=check.pixels,
+        resize=resize,
+        other=other_checks[0] if other_checks else None,
     )
 
 
 @dataclass
 class ExportedModel:
     """A file written by `apoda export`, run on the CPU: `run` maps a normalised batch
-    [B, 3, H, W] to logits [B, C, H, W]; `size` is (height, width) it was exported at;
-    `legend` lists a folder-trained model's own classes (None for a built-in scheme)."""
+    [B, 3, H, W] to logits [B, C, H, W]; `size` is (height, width) it was exported and checked
+    at; `resize` the (height, width) to resize each image to before `run`, as its checkpoint
+    does (None: each image at its own size; a metadata version 1 file: its `size`, as earlier
+    apodas ran it); `legend` lists a folder-trained model's own classes (None for a built-in
+    scheme)."""
 
     run: Callable[[torch.Tensor], torch.Tensor]
     normalisation: Normalisation
@@ -405,6 +570,7 @@ class ExportedModel:
     class_names: tuple[str, ...]
     colors: np.ndarray
     legend: ClassList | None
+    resize: tuple[int, int] | None = None
 
 
 def exported_format(path: str | Path) -> Format | None:
@@ -474,22 +640,30 @@ def load_exported(path: str | Path) -> ExportedModel:
     try:
         info = json.loads(meta)
         version = info["format_version"]
+        if version not in READABLE_VERSIONS:
+            raise ApodaError(
+                f"{path}: apoda metadata version {version!r}, this apoda reads "
+                f"{' and '.join(str(v) for v in READABLE_VERSIONS)}"
+            )
         mode = info["normalisation"]["mode"]
         height, width = (int(side) for side in info["input"]["size"])
+        # version 1 files were always run resized to their size, which they may fix
+        sides = info["input"]["resize"] if version >= 2 else [height, width]
+        resize = None if sides is None else (int(sides[0]), int(sides[1]))
+        if sides is not None and len(sides) != 2:
+            raise ValueError(f"input.resize {sides!r} is not [height, width]")
         scheme_name = str(info["classes"]["scheme"])
         own = bool(info["classes"]["own"])
         names = tuple(str(name) for name in info["classes"]["names"])
         colors = np.asarray(info["classes"]["colors"], dtype=np.int64)
     except (ValueError, KeyError, TypeError) as exc:
         raise ApodaError(f"{path}: its apoda metadata cannot be read ({exc!r})") from None
-    if version != METADATA_VERSION:
-        raise ApodaError(
-            f"{path}: apoda metadata version {version!r}, this apoda reads {METADATA_VERSION}"
-        )
     if colors.shape != (len(names), 3) or colors.min() < 0 or colors.max() > 255 or not names:
         raise ApodaError(f"{path}: its metadata needs one RGB colour (0-255) for each class")
     if min(height, width) < 1:
         raise ApodaError(f"{path}: its metadata gives the input size {height}x{width}")
+    if resize is not None and min(resize) < 1:
+        raise ApodaError(f"{path}: its metadata gives the resize {resize[0]}x{resize[1]}")
     try:
         normalisation = Normalisation(mode)
     except ApodaError as exc:
@@ -499,4 +673,4 @@ def load_exported(path: str | Path) -> ExportedModel:
     if own:
         rgb = [(int(r), int(g), int(b)) for r, g, b in colors]
         legend = ClassList.from_scheme(custom_scheme(scheme_name, names, rgb))
-    return ExportedModel(run, normalisation, (height, width), names, colors, legend)
+    return ExportedModel(run, normalisation, (height, width), names, colors, legend, resize)

@@ -11,8 +11,11 @@ For each input image three PNGs are written, at the image's own resolution:
 A model trained on folder data paints its own classes' colours (the class list its checkpoint
 carries) and writes their legend, ``OUT/classes.yaml`` (name, train id, colour of each class).
 The model may also be a file written by `apoda export` (``.onnx``, or TorchScript ``.pt``/``.ts``):
-it runs on the CPU, each image resized to the size it was exported at, and its metadata gives the
-normalisation and the classes.
+it runs on the CPU, and its metadata gives the normalisation, the classes and the resizing, which
+is its checkpoint's: each image at its own size, or resized to the run's ``data.target_size`` when
+it has one, so the file gives the checkpoint's label maps (within float32 rounding). A file of
+metadata version 1 (written by an earlier apoda) is run as before: each image resized to the size
+it was exported at.
 
 Output naming: a folder is walked recursively and an image ``IN/sub/street.png`` is written as
 ``OUT/sub/street_*.png`` (the relative folder is kept). ``NAME`` is the image's stem, unless
@@ -167,12 +170,12 @@ class _Network:
 
 def _open_network(checkpoint: str | Path) -> _Network:
     """A checkpoint or run folder, on its run's device and at its run's target size; or a file
-    written by `apoda export`, on the CPU at the size it was exported at."""
+    written by `apoda export`, on the CPU, resized as its metadata says (`ExportedModel.resize`:
+    its checkpoint's target size or none; a version 1 file's export size)."""
     if exported_format(checkpoint) is not None:
         model = load_exported(checkpoint)
-        height, width = model.size
         cpu = torch.device("cpu")
-        size = (width, height)
+        size = None if model.resize is None else (model.resize[1], model.resize[0])
         return _Network(model.run, cpu, model.normalisation, size, model.colors, model.legend)
     segmenter, config, state = load_segmenter(checkpoint)
     device = resolve_device(config.train.device)
