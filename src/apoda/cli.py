@@ -5,6 +5,7 @@ Errors for bad input are one line (`error: ...`); `--debug` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import textwrap
 import warnings
@@ -492,6 +493,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
+    from apoda.run_lock import FolderLock
     from apoda.suites import run_suite, train_in_parallel
 
     names = [n for n in args.name.split(",") if n]
@@ -510,18 +512,22 @@ def cmd_suite(args: argparse.Namespace) -> int:
         "fast": args.fast,
         "overrides": args.overrides,
     }
-    if args.jobs > 1:
-        train_in_parallel(names, runs, args.jobs, row_keys=row_keys, **common)
-    for name in names:
-        run_suite(
-            name,
-            out / name if len(names) > 1 else out,
-            argv=sys.argv,
-            runs=runs,
-            only_seed=args.only_seed,
-            row_keys=row_keys,
-            **common,
-        )
+    # the table's folder is held by one suite at a time (a child of --jobs writes no table:
+    # it holds only its run's folder)
+    lock = FolderLock(out) if args.only_seed is None else contextlib.nullcontext()
+    with lock:
+        if args.jobs > 1:
+            train_in_parallel(names, runs, args.jobs, row_keys=row_keys, **common)
+        for name in names:
+            run_suite(
+                name,
+                out / name if len(names) > 1 else out,
+                argv=sys.argv,
+                runs=runs,
+                only_seed=args.only_seed,
+                row_keys=row_keys,
+                **common,
+            )
     return 0
 
 
@@ -543,9 +549,23 @@ def _show_warning(message: Warning | str, *_: object, **__: object) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line; `key=value` overrides may come before or after the options
+    (`apoda train CONFIG --out RUN train.iterations=2`), in the order given."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    takes_overrides = isinstance(getattr(args, "overrides", None), list)
+    unknown = [item for item in extra if item.startswith("-") or not takes_overrides]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `apoda` console script."""
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     with warnings.catch_warnings():
         if not args.debug:
             warnings.showwarning = _show_warning

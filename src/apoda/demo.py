@@ -18,6 +18,7 @@ from apoda.engine.trainer import Trainer
 from apoda.evaluation import format_table
 from apoda.pretrain import resolve_pretrained
 from apoda.report import read_run, write_report
+from apoda.run_lock import FolderLock
 from apoda.runs import LAST_CHECKPOINT, finished_metrics
 
 # A much shorter schedule on a small MiniCity, for smoke tests and CI.
@@ -96,7 +97,13 @@ def _train(config: Config, run_dir: Path, overwrite: bool) -> dict[str, Any]:
 def run_demo(
     out: Path, fast: bool = False, overwrite: bool = False, imagenet: bool = False
 ) -> dict[str, Any]:
-    """Run the demo into `out`; print the per-class table; return the summary."""
+    """Run the demo into `out`; print the per-class table; return the summary. `out` is
+    held by this demo until it ends (a second demo aimed at it is refused)."""
+    with FolderLock(out):
+        return _run_demo(out, fast, overwrite, imagenet)
+
+
+def _run_demo(out: Path, fast: bool, overwrite: bool, imagenet: bool) -> dict[str, Any]:
     start = time.time()
     configs = demo_configs(out, fast, imagenet)
     metrics: dict[str, dict[str, Any]] = {}

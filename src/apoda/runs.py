@@ -20,6 +20,7 @@ from torch import Tensor
 
 from apoda.config import Config, config_to_dict, load_config
 from apoda.errors import ApodaError
+from apoda.run_lock import LOCK_FILE, unwritable
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -82,8 +83,7 @@ def writable_folder(folder: Path) -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise ApodaError(f"output folder {folder} cannot be written: {reason}") from None
+        raise unwritable(folder, exc) from None
     return folder
 
 
@@ -93,7 +93,7 @@ def prepare_run_dir(
     """Refuse to clobber an existing run unless asked; check the folder can be written;
     with `overwrite`, clear everything a run writes. A folder that holds only what a run left
     when it stopped before its first checkpoint (nothing to resume, no result) is cleared."""
-    existing = run_dir.is_dir() and any(run_dir.iterdir())
+    existing = run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir())
     leftovers = (
         existing
         and (run_dir / CONFIG_FILE).is_file()

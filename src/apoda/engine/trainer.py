@@ -35,6 +35,7 @@ from apoda.evaluation import evaluate_segmenter
 from apoda.methods import Method, RunContext, build_method
 from apoda.methods.base import NonFiniteError
 from apoda.models.build import segmenter_from_config
+from apoda.run_lock import FolderLock
 
 SKIPPED_SHARE = 0.1
 """With `train.nonfinite=skip`, skipping more than this share of the steps is warned about."""
@@ -94,16 +95,24 @@ class Trainer:
         self.rank, self.world = init_distributed(self.device.type)
         self.main = self.rank == 0
         self._print = log if self.main else (lambda _msg: None)
+        # held from here to the end of `fit`: a second command aimed at this folder is refused
+        self.lock = FolderLock(self.run_dir, log=self._print)
         if self.main:
-            runs.prepare_run_dir(self.run_dir, resume, overwrite, log=self._print)
-        barrier()
-        self.checkpoint_path = self.run_dir / runs.LAST_CHECKPOINT
-        self.resume = resume and self.checkpoint_path.is_file()
-        if resume and not self.resume:
-            self._print(f"no checkpoint in {self.run_dir}: --resume starts from iteration 0")
-        saved = runs.saved_config(self.run_dir) if self.resume else None
-        if saved is not None:
-            config = runs.resume_config(saved, config, self.run_dir, log=self._print)
+            self.lock.acquire()
+        try:
+            if self.main:
+                runs.prepare_run_dir(self.run_dir, resume, overwrite, log=self._print)
+            barrier()
+            self.checkpoint_path = self.run_dir / runs.LAST_CHECKPOINT
+            self.resume = resume and self.checkpoint_path.is_file()
+            if resume and not self.resume:
+                self._print(f"no checkpoint in {self.run_dir}: --resume starts from iteration 0")
+            saved = runs.saved_config(self.run_dir) if self.resume else None
+            if saved is not None:
+                config = runs.resume_config(saved, config, self.run_dir, log=self._print)
+        except BaseException:
+            self.lock.release()
+            raise
         self.config = config
         self.pretrained_file = pretrained_file
 
@@ -225,7 +234,14 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train to `train.iterations`, evaluate, write metrics.json; return the metrics."""
+        """Train to `train.iterations`, evaluate, write metrics.json; return the metrics.
+        The run folder's lock is released at the end, however the run ends."""
+        try:
+            return self._fit()
+        finally:
+            self.lock.release()
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.config
         self._setup()
         self.best: dict[str, Any] | None = None
