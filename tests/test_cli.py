@@ -169,3 +169,20 @@ def test_eval_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "missing.pt does not exist" in capsys.readouterr().err
     assert main(["data", "stats", "gta5", str(tmp_path / "nowhere")]) == 2
     assert "nowhere does not exist" in capsys.readouterr().err
+
+
+def test_overrides_may_follow_the_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = ["train", "minicity/source_only", "train.eval_every=0", "--out", str(out)]
+    assert main([*args, *TINY, "train.iterations=1", "train.seed=3"]) == 0
+    saved = (out / "config.yaml").read_text()
+    assert "iterations: 1\n" in saved and "seed: 3\n" in saved
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--bogus", "train.iterations=1"])
+    assert stop.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a command without overrides takes none
+        main(["eval", str(out), "train.iterations=1"])
+    assert "unrecognized arguments: train.iterations=1" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import typing
 from pathlib import Path
@@ -486,3 +487,21 @@ def test_apoda_train_prints_a_one_line_error(
     assert main(["train", str(path), "method.name=asn", "optim.lr=.nan"]) == 2
     assert "optim.lr: expected a finite number, got nan" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_users_yaml_builds_on_a_builtin_config(tmp_path: Path) -> None:
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("_base_: minicity/apoda\ntrain:\n  iterations: 7\n")
+    builtin = load_config(resolve_config("minicity/apoda"))
+    assert config_to_dict(load_config(mine)) == config_to_dict(
+        dataclasses.replace(builtin, train=dataclasses.replace(builtin.train, iterations=7))
+    )
+    # a local file of that name comes first; builtin: always means the shipped config
+    (tmp_path / "minicity").mkdir()
+    (tmp_path / "minicity" / "apoda.yaml").write_text("name: local\n")
+    assert load_config(mine).name == "local"
+    mine.write_text("_base_: builtin:minicity/apoda\n")
+    assert load_config(mine).name == builtin.name
+    mine.write_text("_base_: minicity/nope\n")
+    with pytest.raises(ApodaError, match=r"mine\.yaml: its _base_ .*minicity/nope does not exist"):
+        load_config(mine)

@@ -5,7 +5,7 @@ values outside a `Literal`'s choices, non-finite numbers and out-of-range settin
 ApodaErrors of one line that name the key, the value and what is valid. The `method` section is
 one dataclass per method, chosen by `method.name` (a key another method owns is an error, not
 silently ignored). A YAML file may inherit from another with `_base_: other.yaml` (or from
-several, `_base_: [a.yaml, b.yaml]`)."""
+several, `_base_: [a.yaml, b.yaml]`), or from a built-in config, `_base_: minicity/apoda`."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from apoda.attacks import AttackConfig, AttackName
+from apoda.configs import BUILTIN_PREFIX, builtin_config_file
 from apoda.data.minicity import MiniCityConfig
 from apoda.errors import ApodaError
 from apoda.losses import SegLossName
@@ -513,6 +514,25 @@ def _merge(base: dict[str, Any], child: dict[str, Any], top: bool = True) -> dic
     return base
 
 
+def _base_file(path: Path, name: str) -> Path:
+    """The file a `_base_` entry of `path` names: a file beside `path` first (the name as
+    written, or with `.yaml` added), else a built-in config (`minicity/apoda`);
+    `builtin:minicity/apoda` always means the built-in one."""
+    local = path.parent / name
+    if not name.startswith(BUILTIN_PREFIX):
+        for candidate in (local, local.with_name(f"{local.name}.yaml")):
+            if candidate.is_file():
+                return candidate
+    builtin = builtin_config_file(name)
+    if builtin is not None:
+        return builtin
+    missing = name if name.startswith(BUILTIN_PREFIX) else local
+    raise ApodaError(
+        f"config file {path}: its _base_ {missing} does not exist, and no built-in config is "
+        f"named {name.removeprefix(BUILTIN_PREFIX)!r} (`apoda train --help` lists them)"
+    )
+
+
 def _load_with_bases(path: Path, chain: tuple[Path, ...], shown: tuple[str, ...]) -> dict:
     resolved = path.resolve()
     if resolved in chain:
@@ -526,13 +546,11 @@ def _load_with_bases(path: Path, chain: tuple[Path, ...], shown: tuple[str, ...]
     if not bases or not all(isinstance(b, str) and b for b in bases):
         raise ApodaError(
             f"config file {path}: _base_ must be a file name or a list of file names "
-            f"(relative to {path.name}), got {base!r}"
+            f"(relative to {path.name}) or built-in config names, got {base!r}"
         )
     merged: dict[str, Any] = {}
     for name in bases:
-        base_path = path.parent / name
-        if not base_path.is_file():
-            raise ApodaError(f"config file {path}: its _base_ {base_path} does not exist")
+        base_path = _base_file(path, name)
         merged = _merge(
             merged, _load_with_bases(base_path, (*chain, resolved), (*shown, str(path)))
         )
@@ -542,10 +560,12 @@ def _load_with_bases(path: Path, chain: tuple[Path, ...], shown: tuple[str, ...]
 def load_config_data(path: str | Path) -> dict[str, Any]:
     """The nested dicts a YAML config file holds, with its `_base_` chain merged in.
 
-    `_base_: other.yaml` (relative to the file) loads that file first (recursively) and merges
-    this one over it, key by key; a `method` section naming another method than the base's
-    replaces the base's whole. `_base_: [a.yaml, b.yaml]` merges b over a, then this file.
-    Keys and values are checked later, by `config_from_dict`."""
+    `_base_: other.yaml` (relative to the file, `.yaml` optional; where no such file is
+    there, a built-in config such as `minicity/apoda`; `builtin:NAME` always the built-in)
+    loads that file first (recursively) and merges this one over it, key by key; a `method`
+    section naming another method than the base's replaces the base's whole.
+    `_base_: [a.yaml, b.yaml]` merges b over a, then this file. Keys and values are checked
+    later, by `config_from_dict`."""
     path = Path(path)
     return _load_with_bases(path, (), ())
 

@@ -32,16 +32,27 @@ def builtin_configs() -> list[str]:
     )
 
 
+BUILTIN_PREFIX = "builtin:"
+"""`_base_: builtin:minicity/apoda` names the built-in config even where a local file has
+that name."""
+
+
+def builtin_config_file(name: str) -> Path | None:
+    """The file of built-in config `name` (with or without `.yaml`, with or without the
+    `builtin:` prefix; base files such as `minicity/_steps23` included), None if there is none."""
+    name = name.removeprefix(BUILTIN_PREFIX)
+    candidate = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
+    return candidate if candidate.is_file() else None
+
+
 def resolve_config(name_or_path: str) -> Path:
     """A YAML path as given, else a built-in config by name (with or without `.yaml`)."""
     path = Path(name_or_path)
-    if path.is_file():
+    if path.is_file() and not name_or_path.startswith(BUILTIN_PREFIX):
         return path
-    candidate = CONFIG_DIR / (
-        name_or_path if name_or_path.endswith(".yaml") else f"{name_or_path}.yaml"
-    )
-    if candidate.is_file():
-        return candidate
+    builtin = builtin_config_file(name_or_path)
+    if builtin is not None:
+        return builtin
     raise ApodaError(
         f"config {name_or_path!r} is neither a file nor a built-in config; built-in: "
         f"{', '.join(builtin_configs())}"
