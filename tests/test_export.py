@@ -61,6 +61,9 @@ def test_export_prints_a_passed_check_and_the_tolerance_formula(
 ) -> None:
     out, printed = exported[fmt]
     assert "dynamic axes: batch, height, width" in printed  # the small backbone allows them
+    assert "input image float32 [batch, 3, height, width]" in printed
+    assert "apoda predict runs each image at its own size, as the checkpoint does" in printed
+    assert re.search(r"check at another size, 23x47: .*: passed", printed), printed
     assert "check on minicity val image " in printed  # MiniCity is on disk: a real image
     match = TOLERANCE_LINE.search(printed)
     assert match, printed

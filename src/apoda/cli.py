@@ -142,7 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "checkpoint",
         help="checkpoint file or run folder, or a model written by `apoda export` (.onnx, or "
-        ".pt/.ts TorchScript: run on the CPU at the size it was exported at)",
+        ".pt/.ts TorchScript: run on the CPU, each image at its own size or resized to the run's "
+        "data.target_size, as its checkpoint)",
     )
     p.add_argument("images", help="an image file or a folder of .png/.jpg/.jpeg images")
     p.add_argument("--out", required=True, help="output folder")
@@ -150,9 +151,10 @@ def _parser() -> argparse.ArgumentParser:
     p = add(
         "export",
         "Write a checkpoint's segmenter (upsampling to the input size included) as one ONNX or "
-        "TorchScript file for deployment, with its normalisation, input size and classes as "
-        "metadata, and check the written file against PyTorch on a sample image: it must match "
-        "PyTorch's logits within a float32 rounding tolerance (printed), or nothing is written.",
+        "TorchScript file for deployment, with its normalisation, resizing and classes as "
+        "metadata, and check the written file against PyTorch on a sample image (and at a "
+        "second size): it must match PyTorch's logits within a float32 rounding tolerance "
+        "(printed), or nothing is written.",
     )
     p.add_argument("checkpoint", help="checkpoint file or run folder")
     p.add_argument(
@@ -164,8 +166,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the file to write: .onnx, or .pt/.ts")
     p.add_argument(
         "--size",
-        help="HEIGHTxWIDTH to export and check at (default: the run's data.target_size, else "
-        "the size of its target's validation images, else its MiniCity image size)",
+        help="HEIGHTxWIDTH of the sample the written file is checked at; the file takes any "
+        "size (default: the run's data.target_size, else the size of its target's validation "
+        "images, else its MiniCity image size)",
     )
 
     p = add("report", "Draw the pictures and report.md for one or more runs side by side.")
@@ -382,12 +385,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     from apoda.export import RUNTIMES, export_checkpoint
 
     result = export_checkpoint(args.checkpoint, args.format, args.out, args.size)
-    height, width = result.size
+    dynamic = {"height", "width"} <= set(result.dynamic_axes)
+    height, width = ("height", "width") if dynamic else result.size
     print(
         f"exported to {result.out} ({result.format}): input image float32 [batch, 3, {height}, "
         f"{width}] normalised, output logits [batch, {result.num_classes}, {height}, {width}]; "
         f"dynamic axes: {', '.join(result.dynamic_axes)}"
     )
+    if result.resize is None:
+        print("apoda predict runs each image at its own size, as the checkpoint does")
+    else:
+        print(
+            f"apoda predict resizes each image to {result.resize[0]}x{result.resize[1]} first, "
+            "as the checkpoint does (the run's data.target_size)"
+        )
     print(
         f"check on {result.sample} and its mirror: {RUNTIMES[result.format]} vs PyTorch logits, "
         f"max |difference| {result.max_difference:.3g} (max |logit| {result.max_logit:.3g})"
@@ -398,6 +409,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         "T the largest sum of |terms| of a logit): passed"
     )
     print(f"argmax agreement: {100 * result.argmax_agreement:.2f} % of {result.pixels} pixels")
+    other = result.other
+    if other is not None:
+        print(
+            f"check at another size, {other.size[0]}x{other.size[1]}: max |difference| "
+            f"{other.max_difference:.3g} within {other.tolerance.formula()}: passed; argmax "
+            f"agreement {100 * other.argmax_agreement:.2f} % of {other.pixels} pixels"
+        )
     return 0
 
 
