@@ -333,6 +333,12 @@ def test_tail_classes_from_classes_yaml_and_a_target_that_disagrees(
         ["train", "folder/source_only", *_roots(data), *FAST, "--out", str(tmp_path / "x")], capsys
     )
     assert code == 2 and "the class lists must agree" in err and "target/classes.yaml" in err
+    # scoring the run there names the checkpoint's list once
+    code, _, err = _cli(
+        ["eval", str(run), "--data", "folder", "--root", str(data / "target")], capsys
+    )
+    assert code == 2 and f"but the class list of checkpoint {run}" in err, err
+    assert "class list of the class list" not in err
 
 
 def test_training_refuses_a_folder_that_fails_the_check_before_any_step(

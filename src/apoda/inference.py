@@ -30,7 +30,7 @@ def checkpoint_classes(state: dict[str, Any], config: Config, path: Path) -> Cla
     record = state.get("classes")
     if record is None:
         return ClassList.from_scheme(get_scheme(config.data.scheme))
-    return parse_classes(record, f"the class list of checkpoint {path}")
+    return parse_classes(record, f"checkpoint {path}")
 
 
 def checkpoint_scheme(state: dict[str, Any], config: Config, path: Path) -> ClassScheme:
