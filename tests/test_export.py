@@ -409,7 +409,7 @@ def test_a_folder_trained_export_keeps_its_own_classes_and_legend(
     tmp_path: Path, apoda_cache: Path
 ) -> None:
     from apoda.data.minicity import MiniCityConfig, ensure_minicity
-    from apoda.data.minicity_folder import CATEGORIES, write_minicity_folder
+    from apoda.data.minicity.folder_export import CATEGORIES, write_minicity_folder
 
     tiny = MiniCityConfig(n_source=16, n_target_train=16, n_target_val=8, height=32, width=64)
     source, target = write_minicity_folder(ensure_minicity(tiny), tmp_path / "data", False)

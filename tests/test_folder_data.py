@@ -18,7 +18,7 @@ from apoda.cli import main
 from apoda.config import load_config_data
 from apoda.data.folder import FolderDataset, parse_classes, read_classes
 from apoda.data.minicity import MiniCityConfig, ensure_minicity
-from apoda.data.minicity_folder import CATEGORIES, write_minicity_folder
+from apoda.data.minicity.folder_export import CATEGORIES, write_minicity_folder
 from apoda.engine.checkpoint import load_checkpoint
 from apoda.errors import ApodaError
 from apoda.inference import checkpoint_classes

@@ -11,16 +11,18 @@ import pytest
 from cityscapesscripts.helpers.labels import id2label, name2label
 from PIL import Image
 
-from apoda.data import minicity
 from apoda.data.minicity import (
     MARKER,
+    REAL,
+    SYNTHETIC,
     TARGET_CITIES,
     MiniCityConfig,
     cache_dir,
     ensure_minicity,
     generate_minicity,
+    render_scene,
 )
-from apoda.data.minicity_draw import REAL, SYNTHETIC, render_scene
+from apoda.data.minicity import generate as minicity  # ensure_minicity's module, patched below
 from apoda.errors import ApodaError
 
 SMALL = MiniCityConfig(

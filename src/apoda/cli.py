@@ -484,7 +484,7 @@ def _data_minicity(args: argparse.Namespace) -> int:
         root = ensure_minicity(cfg, root=Path(args.out) if args.out else None)
         print(f"MiniCity at {root}")
         return 0
-    from apoda.data.minicity_folder import write_minicity_folder
+    from apoda.data.minicity.folder_export import write_minicity_folder
 
     if not args.out:
         raise ApodaError("--layout folder needs --out DIR: where to write the folder datasets")

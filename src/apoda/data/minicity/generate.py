@@ -1,4 +1,4 @@
-"""MiniCity: the built-in two-domain benchmark, a laptop-sized stand-in for GTA5 -> Cityscapes.
+"""MiniCity on disk: its config, the cache folder, and the generation of every split.
 
 Procedural street scenes are written once to disk: the "synthetic" source domain in GTA5's
 layout (palette PNG labels holding Cityscapes label ids), the "real" target domain in Cityscapes'
@@ -23,7 +23,8 @@ from cityscapesscripts.helpers.labels import labels as _CITYSCAPES_LABELS
 from PIL import Image
 from tqdm import tqdm
 
-from apoda.data.minicity_draw import RANDOMISED, REAL, SYNTHETIC, Style, render_scene
+from apoda.data.minicity.render import render_scene
+from apoda.data.minicity.styles import RANDOMISED, REAL, SYNTHETIC, Style
 from apoda.errors import ApodaError
 
 __all__ = [
