@@ -1,6 +1,7 @@
 """The `apoda` command line: demo, train, eval, predict, export, report, data, suite.
 
-Errors for bad input are one line (`error: ...`); `--debug` shows the traceback."""
+Errors for bad input are one line (`error: ...`); `--debug` shows the traceback.
+Each command's arguments (`_add_NAME`) sit next to the handler that reads them (`cmd_NAME`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import textwrap
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apoda import __version__
 from apoda.errors import ApodaError
@@ -33,6 +34,10 @@ EXAMPLES = {
 DATASETS = ["minicity", "gta5", "synthia", "cityscapes"]
 EVAL_DATASETS = [*DATASETS, "folder"]
 DEBUG_HELP = "show tracebacks on errors"
+FORMATTER = argparse.RawDescriptionHelpFormatter
+
+if TYPE_CHECKING:  # what add_subparsers returns: add_parser makes one subcommand
+    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _positive_int(text: str) -> int:
@@ -47,31 +52,53 @@ def _positive_int(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    fmt = argparse.RawDescriptionHelpFormatter
+    """The `apoda` parser: global options, then one subcommand each (in `apoda --help` order)."""
     parser = argparse.ArgumentParser(
         prog="apoda",
         description="Unsupervised domain adaptation for semantic segmentation by adversarial "
         "perturbation (APODA, AAAI 2020), with its baselines, datasets and reports.",
         epilog="Start with `apoda demo`. Each command has --help with an example.",
-        formatter_class=fmt,
+        formatter_class=FORMATTER,
     )
     parser.add_argument("--version", action="version", version=f"apoda {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (
+        _add_demo,
+        _add_train,
+        _add_eval,
+        _add_predict,
+        _add_export,
+        _add_report,
+        _add_data,
+        _add_pretrain,
+        _add_suite,
+    ):
+        add(sub)
+    return parser
 
-    def add(name: str, help_text: str, epilog: str = "") -> argparse.ArgumentParser:
-        p = sub.add_parser(
-            name,
-            help=help_text,
-            description=help_text,
-            epilog=f"{epilog}{EXAMPLES[name]}",
-            formatter_class=fmt,
-        )
-        # SUPPRESS: a subcommand without --debug keeps `apoda --debug COMMAND`'s value
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
-        return p
 
-    p = add(
+def _add_command(
+    sub: _Subparsers, name: str, help_text: str, epilog: str = ""
+) -> argparse.ArgumentParser:
+    """A subcommand whose help text is also its description, its example the epilog's end."""
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=f"{epilog}{EXAMPLES[name]}",
+        formatter_class=FORMATTER,
+    )
+    # SUPPRESS: a subcommand without --debug keeps `apoda --debug COMMAND`'s value
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    return p
+
+
+# -- commands -----------------------------------------------------------------------------------
+def _add_demo(sub: _Subparsers) -> None:
+    """`apoda demo`: MiniCity, source only, APODA and its attack-off control, one report."""
+    p = _add_command(
+        sub,
         "demo",
         "Generate MiniCity, train source only (step 1), then APODA and APODA with the "
         "attack off from that checkpoint; print the per-class table and write the report.",
@@ -86,9 +113,21 @@ def _parser() -> argparse.ArgumentParser:
         "(configs minicity_imagenet/*; about 28 min and 1.8 GB on 2 CPU cores, not 10 min)",
     )
 
-    from apoda.configs import SUITE_FAMILIES, builtin_configs
 
-    p = add(
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the demo into --out."""
+    from apoda.demo import run_demo
+
+    run_demo(Path(args.out), fast=args.fast, overwrite=args.overwrite, imagenet=args.imagenet)
+    return 0
+
+
+def _add_train(sub: _Subparsers) -> None:
+    """`apoda train CONFIG [key=value ...]`; the epilog lists the built-in configs."""
+    from apoda.configs import builtin_configs
+
+    p = _add_command(
+        sub,
         "train",
         "Train one config: a YAML file or a built-in name such as minicity/apoda.",
         epilog=textwrap.fill(f"built-in configs: {', '.join(builtin_configs())}", 88) + "\n",
@@ -104,7 +143,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="start an existing run folder again")
 
-    p = add(
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one config into its run folder and print the final per-class table."""
+    from apoda.config import load_config
+    from apoda.configs import resolve_config
+    from apoda.engine.trainer import Trainer
+    from apoda.pretrain import resolve_pretrained
+
+    config = load_config(resolve_config(args.config), args.overrides)
+    run_dir = Path(args.out) if args.out else Path("runs") / config.name
+    trainer = Trainer(
+        config,
+        run_dir,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        pretrained_file=resolve_pretrained(config),
+    )
+    metrics = trainer.fit()
+    _print_metrics(metrics)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    """The per-class IoU table of one evaluation, tail classes marked."""
+    from apoda.evaluation import format_table
+
+    print(format_table({"IoU %": metrics}, metrics["class_names"], metrics["tail_classes"]))
+
+
+def _add_eval(sub: _Subparsers) -> None:
+    """`apoda eval CHECKPOINT`: the dataset and split to score on, where to write."""
+    p = _add_command(
+        sub,
         "eval",
         "Score a checkpoint (or a run folder) on a labelled split: per-class table and "
         "metrics.json.",
@@ -131,7 +203,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--colors", help="also write colour PNGs of the predictions to this folder")
 
-    p = add(
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score a checkpoint on a labelled split and print its per-class table."""
+    from apoda.inference import evaluate_checkpoint
+
+    metrics, out = evaluate_checkpoint(
+        args.checkpoint, args.data, args.root, args.split, args.out, args.batch_size, args.colors
+    )
+    print(f"evaluated on {metrics['dataset']} {metrics['split']}")
+    _print_metrics(metrics)
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_predict(sub: _Subparsers) -> None:
+    """`apoda predict CHECKPOINT IMAGES --out DIR`."""
+    p = _add_command(
+        sub,
         "predict",
         "Write label maps for an image or a folder of images (walked recursively, subfolders "
         "kept): NAME_labelTrainIds.png (8-bit train ids), NAME_labels.png (colours) and "
@@ -148,7 +237,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("images", help="an image file or a folder of .png/.jpg/.jpeg images")
     p.add_argument("--out", required=True, help="output folder")
 
-    p = add(
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Write label maps for the images; exit status 1 when some could not be read."""
+    from apoda.prediction import predict_images
+
+    result = predict_images(args.checkpoint, args.images, args.out)
+    if result.skipped:
+        skipped = len(result.skipped)
+        print(f"skipped {skipped} earlier prediction output{'' if skipped == 1 else 's'}")
+    count = len(result.predicted)
+    noun = "image" if count == 1 else "images"
+    print(f"predicted {count} {noun} into {result.out} (label ids, colours, overlays)")
+    if not result.failures:
+        return 0
+    for file, reason in result.failures:
+        print(f"error: cannot read {file}: {reason} (skipped)", file=sys.stderr)
+    failed = len(result.failures)
+    noun = "image" if failed == 1 else "images"
+    print(f"{failed} {noun} could not be read", file=sys.stderr)
+    return 1
+
+
+def _add_export(sub: _Subparsers) -> None:
+    """`apoda export CHECKPOINT --format F --out FILE`."""
+    p = _add_command(
+        sub,
         "export",
         "Write a checkpoint's segmenter (upsampling to the input size included) as one ONNX or "
         "TorchScript file for deployment, with its normalisation, resizing and classes as "
@@ -171,7 +285,51 @@ def _parser() -> argparse.ArgumentParser:
         "images, else its MiniCity image size)",
     )
 
-    p = add("report", "Draw the pictures and report.md for one or more runs side by side.")
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a checkpoint and print the file's interface and the checks it passed."""
+    from apoda.export import RUNTIMES, export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, args.format, args.out, args.size)
+    dynamic = {"height", "width"} <= set(result.dynamic_axes)
+    height, width = ("height", "width") if dynamic else result.size
+    print(
+        f"exported to {result.out} ({result.format}): input image float32 [batch, 3, {height}, "
+        f"{width}] normalised, output logits [batch, {result.num_classes}, {height}, {width}]; "
+        f"dynamic axes: {', '.join(result.dynamic_axes)}"
+    )
+    if result.resize is None:
+        print("apoda predict runs each image at its own size, as the checkpoint does")
+    else:
+        print(
+            f"apoda predict resizes each image to {result.resize[0]}x{result.resize[1]} first, "
+            "as the checkpoint does (the run's data.target_size)"
+        )
+    print(
+        f"check on {result.sample} and its mirror: {RUNTIMES[result.format]} vs PyTorch logits, "
+        f"max |difference| {result.max_difference:.3g} (max |logit| {result.max_logit:.3g})"
+    )
+    tolerance = result.tolerance
+    print(
+        f"tolerance {tolerance.formula()} (N roundings on a path, u float32's unit roundoff, "
+        "T the largest sum of |terms| of a logit): passed"
+    )
+    print(f"argmax agreement: {100 * result.argmax_agreement:.2f} % of {result.pixels} pixels")
+    other = result.other
+    if other is not None:
+        print(
+            f"check at another size, {other.size[0]}x{other.size[1]}: max |difference| "
+            f"{other.max_difference:.3g} within {other.tolerance.formula()}: passed; argmax "
+            f"agreement {100 * other.argmax_agreement:.2f} % of {other.pixels} pixels"
+        )
+    return 0
+
+
+def _add_report(sub: _Subparsers) -> None:
+    """`apoda report RUN [RUN ...]`."""
+    p = _add_command(
+        sub, "report", "Draw the pictures and report.md for one or more runs side by side."
+    )
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument(
         "--out",
@@ -179,17 +337,55 @@ def _parser() -> argparse.ArgumentParser:
         "rewritten; several runs: ./report)",
     )
 
-    p = add(
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write report.md for the runs (a single run's own report keeps its title)."""
+    from apoda.report import read_run, write_report
+    from apoda.runs import REPORT_FILE, writable_folder
+
+    runs = [read_run(path) for path in args.runs]
+    out = Path(args.out) if args.out else (Path(args.runs[0]) if len(runs) == 1 else Path("report"))
+    own_folder = len(runs) == 1 and out.resolve() == runs[0].path.resolve()
+    replaced = own_folder and (out / REPORT_FILE).is_file()
+    writable_folder(out)
+    if own_folder:  # a run's own report keeps the title training gave it
+        path = write_report(runs, out, title=f"apoda run {runs[0].config.get('name', out.name)}")
+    else:
+        path = write_report(runs, out)
+    print(f"rewrote {path}, the run's own report" if replaced else f"wrote {path}")
+    return 0
+
+
+def _add_data(sub: _Subparsers) -> None:
+    """`apoda data TOOL`: the stats, check and minicity tools."""
+    p = _add_command(
+        sub,
         "data",
         "Dataset tools: class statistics (the paper's Fig. 4/5), the check of a folder dataset, "
         "and MiniCity.",
     )
-    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="TOOL")
-    s = data_sub.add_parser(
+    tools = p.add_subparsers(dest="data_command", required=True, metavar="TOOL")
+    _add_data_stats(tools)
+    _add_data_check(tools)
+    _add_data_minicity(tools)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """Run the data tool named on the command line."""
+    if args.data_command == "minicity":
+        return _data_minicity(args)
+    if args.data_command == "check":
+        return _data_check(args)
+    return _data_stats(args)
+
+
+def _add_data_stats(tools: _Subparsers) -> None:
+    """`apoda data stats DATASET [ROOT]`: class pixel fractions (the paper's Fig. 4/5)."""
+    s = tools.add_parser(
         "stats",
         help="class pixel fractions of a dataset",
         epilog=EXAMPLES["data"],
-        formatter_class=fmt,
+        formatter_class=FORMATTER,
     )
     s.add_argument("dataset", choices=DATASETS)
     s.add_argument(
@@ -222,7 +418,44 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", help="write the statistics as JSON here")
     s.add_argument("--plot", help="draw the sorted log-scale class distribution here (PNG)")
-    c = data_sub.add_parser(
+
+
+def _data_stats(args: argparse.Namespace) -> int:
+    """Print a dataset's class pixel fractions, sorted, tail classes marked."""
+    from apoda.inference import dataset_stats
+
+    stats = dataset_stats(
+        args.dataset,
+        args.root,
+        args.split,
+        args.scheme,
+        args.out,
+        args.plot,
+        args.tail_from,
+        args.cells,
+    )
+    width = max(len(n) for n in stats["class_names"])
+    cells = stats.get("cell_share")
+    if cells:
+        print(f" {'class':<{width}}  {'pixels':>9}  in owned {args.cells}x{args.cells} cells")
+    for name, frac in sorted(stats["pixel_fraction"].items(), key=lambda kv: -kv[1]):
+        mark = "*" if name in stats["tail_classes"] else " "
+        line = f"{mark}{name:<{width}}  {100 * frac:7.3f} %"
+        if cells:
+            share = cells.get(name)
+            line += "  " + ("      -" if share is None else f"{100 * share:7.1f} %")
+        print(line)
+    whose = f"of {stats['tail_from']}'s" if stats.get("tail_from") else "of the"
+    print(
+        f"{stats['num_images']} images; ignored {100 * stats['ignored_fraction']:.2f} % of pixels; "
+        f"* = tail (< 1 % {whose} labelled pixels)"
+    )
+    return 0
+
+
+def _add_data_check(tools: _Subparsers) -> None:
+    """`apoda data check ROOT`: read a folder dataset once and list every problem."""
+    c = tools.add_parser(
         "check",
         help="read every file of a folder dataset once: counts, sizes, class fractions and "
         "every problem with its file (exit status 1 when there are problems)",
@@ -233,15 +466,28 @@ def _parser() -> argparse.ArgumentParser:
         "classes.yaml, unreadable or 16-bit files, labels that are not 8-bit PNGs of the kind "
         "classes.yaml names. Exit status 1 when there are problems.",
         epilog="example: apoda data check /data/my_source",
-        formatter_class=fmt,
+        formatter_class=FORMATTER,
     )
     c.add_argument("root", help="the folder dataset (a folder with images/, labels/, classes.yaml)")
-    m = data_sub.add_parser(
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    """Print the folder dataset's check; exit status 1 when it found problems."""
+    from apoda.data.check import format_report, scan_folder
+
+    report = scan_folder(args.root, progress=True)
+    print(format_report(report))
+    return 1 if report.all_problems else 0
+
+
+def _add_data_minicity(tools: _Subparsers) -> None:
+    """`apoda data minicity`: generate MiniCity, in its own layout or as folder datasets."""
+    m = tools.add_parser(
         "minicity",
         help="generate the MiniCity benchmark",
         epilog="example: apoda data minicity --out /tmp/minicity   (plain folders of 7 "
         "categories: apoda data minicity --layout folder --out data/minicity-folders)",
-        formatter_class=fmt,
+        formatter_class=FORMATTER,
     )
     m.add_argument(
         "--layout",
@@ -259,7 +505,29 @@ def _parser() -> argparse.ArgumentParser:
         "--width", type=_positive_int, default=128, help="image width in pixels (default 128)"
     )
 
-    p = add(
+
+def _data_minicity(args: argparse.Namespace) -> int:
+    """Generate MiniCity (or reuse the cached one) and print where it is."""
+    from apoda.data.minicity import MiniCityConfig, ensure_minicity
+
+    cfg = MiniCityConfig(seed=args.seed, height=args.height, width=args.width)
+    if args.layout == "minicity":
+        root = ensure_minicity(cfg, root=Path(args.out) if args.out else None)
+        print(f"MiniCity at {root}")
+        return 0
+    from apoda.data.minicity.folder_export import write_minicity_folder
+
+    if not args.out:
+        raise ApodaError("--layout folder needs --out DIR: where to write the folder datasets")
+    source, target = write_minicity_folder(ensure_minicity(cfg), Path(args.out))
+    print(f"MiniCity as folder datasets of 7 categories: source {source}, target {target}")
+    return 0
+
+
+def _add_pretrain(sub: _Subparsers) -> None:
+    """`apoda pretrain minicity [key=value ...]`."""
+    p = _add_command(
+        sub,
         "pretrain",
         "Pretrain the small backbone on MiniCity's domain-randomised split and "
         "cache it (model.pretrained: builtin:minicity-randomised loads it).",
@@ -272,7 +540,25 @@ def _parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", help="key.sub=value overrides (e.g. data.minicity.seed=1)"
     )
 
-    p = add("suite", "Run one of the paper's tables on MiniCity or real data, with seeds.")
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Pretrain and cache MiniCity's backbone; print the file."""
+    from apoda.config import load_config
+    from apoda.configs import resolve_config
+    from apoda.pretrain import pretrain_minicity
+
+    config = load_config(resolve_config("minicity/source_only"), args.overrides)
+    print(f"pretrained backbone: {pretrain_minicity(config, args.iterations)}")
+    return 0
+
+
+def _add_suite(sub: _Subparsers) -> None:
+    """`apoda suite NAME[,NAME]`: seeds, data family, rows, parallel jobs and overrides."""
+    from apoda.configs import SUITE_FAMILIES
+
+    p = _add_command(
+        sub, "suite", "Run one of the paper's tables on MiniCity or real data, with seeds."
+    )
     p.add_argument(
         "name",
         help="table1, table3, table4 or table5; several comma-separated (table1,table3) write "
@@ -318,201 +604,13 @@ def _parser() -> argparse.ArgumentParser:
         "init row has finished; logs in RUNS/logs), then write the tables (default 1)",
     )
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides applied to every row")
-    return parser
-
-
-# -- commands -----------------------------------------------------------------------------------
-def cmd_train(args: argparse.Namespace) -> int:
-    from apoda.config import load_config
-    from apoda.configs import resolve_config
-    from apoda.engine.trainer import Trainer
-    from apoda.pretrain import resolve_pretrained
-
-    config = load_config(resolve_config(args.config), args.overrides)
-    run_dir = Path(args.out) if args.out else Path("runs") / config.name
-    trainer = Trainer(
-        config,
-        run_dir,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        pretrained_file=resolve_pretrained(config),
-    )
-    metrics = trainer.fit()
-    _print_metrics(metrics)
-    print(f"run folder: {run_dir}")
-    return 0
-
-
-def _print_metrics(metrics: dict[str, Any]) -> None:
-    from apoda.evaluation import format_table
-
-    print(format_table({"IoU %": metrics}, metrics["class_names"], metrics["tail_classes"]))
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from apoda.inference import evaluate_checkpoint
-
-    metrics, out = evaluate_checkpoint(
-        args.checkpoint, args.data, args.root, args.split, args.out, args.batch_size, args.colors
-    )
-    print(f"evaluated on {metrics['dataset']} {metrics['split']}")
-    _print_metrics(metrics)
-    print(f"wrote {out}")
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from apoda.prediction import predict_images
-
-    result = predict_images(args.checkpoint, args.images, args.out)
-    if result.skipped:
-        skipped = len(result.skipped)
-        print(f"skipped {skipped} earlier prediction output{'' if skipped == 1 else 's'}")
-    count = len(result.predicted)
-    noun = "image" if count == 1 else "images"
-    print(f"predicted {count} {noun} into {result.out} (label ids, colours, overlays)")
-    if not result.failures:
-        return 0
-    for file, reason in result.failures:
-        print(f"error: cannot read {file}: {reason} (skipped)", file=sys.stderr)
-    failed = len(result.failures)
-    noun = "image" if failed == 1 else "images"
-    print(f"{failed} {noun} could not be read", file=sys.stderr)
-    return 1
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from apoda.export import RUNTIMES, export_checkpoint
-
-    result = export_checkpoint(args.checkpoint, args.format, args.out, args.size)
-    dynamic = {"height", "width"} <= set(result.dynamic_axes)
-    height, width = ("height", "width") if dynamic else result.size
-    print(
-        f"exported to {result.out} ({result.format}): input image float32 [batch, 3, {height}, "
-        f"{width}] normalised, output logits [batch, {result.num_classes}, {height}, {width}]; "
-        f"dynamic axes: {', '.join(result.dynamic_axes)}"
-    )
-    if result.resize is None:
-        print("apoda predict runs each image at its own size, as the checkpoint does")
-    else:
-        print(
-            f"apoda predict resizes each image to {result.resize[0]}x{result.resize[1]} first, "
-            "as the checkpoint does (the run's data.target_size)"
-        )
-    print(
-        f"check on {result.sample} and its mirror: {RUNTIMES[result.format]} vs PyTorch logits, "
-        f"max |difference| {result.max_difference:.3g} (max |logit| {result.max_logit:.3g})"
-    )
-    tolerance = result.tolerance
-    print(
-        f"tolerance {tolerance.formula()} (N roundings on a path, u float32's unit roundoff, "
-        "T the largest sum of |terms| of a logit): passed"
-    )
-    print(f"argmax agreement: {100 * result.argmax_agreement:.2f} % of {result.pixels} pixels")
-    other = result.other
-    if other is not None:
-        print(
-            f"check at another size, {other.size[0]}x{other.size[1]}: max |difference| "
-            f"{other.max_difference:.3g} within {other.tolerance.formula()}: passed; argmax "
-            f"agreement {100 * other.argmax_agreement:.2f} % of {other.pixels} pixels"
-        )
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from apoda.report import read_run, write_report
-    from apoda.runs import REPORT_FILE, writable_folder
-
-    runs = [read_run(path) for path in args.runs]
-    out = Path(args.out) if args.out else (Path(args.runs[0]) if len(runs) == 1 else Path("report"))
-    own_folder = len(runs) == 1 and out.resolve() == runs[0].path.resolve()
-    replaced = own_folder and (out / REPORT_FILE).is_file()
-    writable_folder(out)
-    if own_folder:  # a run's own report keeps the title training gave it
-        path = write_report(runs, out, title=f"apoda run {runs[0].config.get('name', out.name)}")
-    else:
-        path = write_report(runs, out)
-    print(f"rewrote {path}, the run's own report" if replaced else f"wrote {path}")
-    return 0
-
-
-def cmd_data(args: argparse.Namespace) -> int:
-    if args.data_command == "minicity":
-        return _data_minicity(args)
-    if args.data_command == "check":
-        from apoda.data.check import format_report, scan_folder
-
-        report = scan_folder(args.root, progress=True)
-        print(format_report(report))
-        return 1 if report.all_problems else 0
-    from apoda.inference import dataset_stats
-
-    stats = dataset_stats(
-        args.dataset,
-        args.root,
-        args.split,
-        args.scheme,
-        args.out,
-        args.plot,
-        args.tail_from,
-        args.cells,
-    )
-    width = max(len(n) for n in stats["class_names"])
-    cells = stats.get("cell_share")
-    if cells:
-        print(f" {'class':<{width}}  {'pixels':>9}  in owned {args.cells}x{args.cells} cells")
-    for name, frac in sorted(stats["pixel_fraction"].items(), key=lambda kv: -kv[1]):
-        mark = "*" if name in stats["tail_classes"] else " "
-        line = f"{mark}{name:<{width}}  {100 * frac:7.3f} %"
-        if cells:
-            share = cells.get(name)
-            line += "  " + ("      -" if share is None else f"{100 * share:7.1f} %")
-        print(line)
-    whose = f"of {stats['tail_from']}'s" if stats.get("tail_from") else "of the"
-    print(
-        f"{stats['num_images']} images; ignored {100 * stats['ignored_fraction']:.2f} % of pixels; "
-        f"* = tail (< 1 % {whose} labelled pixels)"
-    )
-    return 0
-
-
-def _data_minicity(args: argparse.Namespace) -> int:
-    from apoda.data.minicity import MiniCityConfig, ensure_minicity
-
-    cfg = MiniCityConfig(seed=args.seed, height=args.height, width=args.width)
-    if args.layout == "minicity":
-        root = ensure_minicity(cfg, root=Path(args.out) if args.out else None)
-        print(f"MiniCity at {root}")
-        return 0
-    from apoda.data.minicity.folder_export import write_minicity_folder
-
-    if not args.out:
-        raise ApodaError("--layout folder needs --out DIR: where to write the folder datasets")
-    source, target = write_minicity_folder(ensure_minicity(cfg), Path(args.out))
-    print(f"MiniCity as folder datasets of 7 categories: source {source}, target {target}")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from apoda.demo import run_demo
-
-    run_demo(Path(args.out), fast=args.fast, overwrite=args.overwrite, imagenet=args.imagenet)
-    return 0
-
-
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from apoda.config import load_config
-    from apoda.configs import resolve_config
-    from apoda.pretrain import pretrain_minicity
-
-    config = load_config(resolve_config("minicity/source_only"), args.overrides)
-    print(f"pretrained backbone: {pretrain_minicity(config, args.iterations)}")
-    return 0
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
+    """Train the suites' rows (in child processes with --jobs N), then write their tables."""
     from apoda.run_lock import FolderLock
-    from apoda.suites import run_suite, train_in_parallel
+    from apoda.suite_pool import train_in_parallel
+    from apoda.suites import run_suite
 
     names = [n for n in args.name.split(",") if n]
     row_keys = [k for k in (args.rows or "").split(",") if k]

@@ -6,7 +6,8 @@ the rows switch, not extra training: "source only (matched)" continues step 1 fo
 adapted rows train. Rows marked `ours` go beyond the paper and are labelled so in every table.
 A finished row is not trained again (suites resume), provided it was trained with the config
 the suite asks for now (`apoda.runs.finished_metrics`). A row whose config is another row's
-trains no run of its own: it shares that row's (`shared_runs`), and its table says so."""
+trains no run of its own: it shares that row's (`shared_runs`), and its table says so.
+`apoda suite --jobs N` trains the rows in child processes: `apoda.suite_pool`."""
 
 from __future__ import annotations
 
@@ -14,13 +15,8 @@ import csv
 import datetime
 import json
 import math
-import os
 import shlex
-import signal
 import statistics
-import subprocess
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,7 +25,6 @@ from typing import Any
 from apoda.config import Config, load_config
 from apoda.configs import SUITE_FAMILIES as FAMILIES
 from apoda.configs import resolve_config
-from apoda.engine.data import build_run_data
 from apoda.engine.trainer import Trainer
 from apoda.errors import ApodaError
 from apoda.pretrain import resolve_pretrained
@@ -187,6 +182,7 @@ class SuiteResult:
 
 
 def _run_dir(out: Path, row: Row, seed: int) -> Path:
+    """The folder of a row's run for one seed: OUT/seedS/KEY."""
     return out / f"seed{seed}" / row.key
 
 
@@ -221,7 +217,7 @@ def shared_runs(rows: Sequence[Row], family: str, extra: Sequence[str] = ()) -> 
     runs_of: dict[str, Row] = {}
     configs: dict[str, Config] = {}
     asked = {row.key for row in rows}
-    for row in _order(list(candidates.values())):
+    for row in training_order(list(candidates.values())):
         if row.init is not None and row.init not in runs_of:
             continue  # its start was left out below
         try:
@@ -234,7 +230,7 @@ def shared_runs(rows: Sequence[Row], family: str, extra: Sequence[str] = ()) -> 
             (
                 candidates[key]
                 for key, other in configs.items()
-                if _start(candidates[key], runs_of) == _start(row, runs_of)
+                if start_key(candidates[key], runs_of) == start_key(row, runs_of)
                 and not result_differences(other, config)
             ),
             row,
@@ -244,7 +240,7 @@ def shared_runs(rows: Sequence[Row], family: str, extra: Sequence[str] = ()) -> 
     return runs_of
 
 
-def _start(row: Row, runs_of: Mapping[str, Row]) -> str | None:
+def start_key(row: Row, runs_of: Mapping[str, Row]) -> str | None:
     """The key of the run a row starts from (its init row's shared run), None for step 1."""
     return None if row.init is None else runs_of[row.init].key
 
@@ -252,6 +248,7 @@ def _start(row: Row, runs_of: Mapping[str, Row]) -> str | None:
 def _train_row(
     row: Row, family: str, out: Path, seed: int, extra: Sequence[str], runs_of: Mapping[str, Row]
 ) -> dict[str, Any]:
+    """Train one row for one seed, or return its metrics if it finished with this config."""
     run_dir = _run_dir(out, row, seed)
     config = row_config(row, family, out, seed, extra, runs_of)
     metrics = finished_metrics(run_dir, config)
@@ -286,7 +283,7 @@ def select_rows(rows: Sequence[Row], keys: Sequence[str]) -> tuple[Row, ...]:
     return tuple(r for r in rows if r.key in wanted)
 
 
-def _order(rows: Sequence[Row]) -> list[Row]:
+def training_order(rows: Sequence[Row]) -> list[Row]:
     """Rows whose init row comes first (step 1, then ASN before APODA-from-ASN)."""
     done: set[str] = set()
     ordered: list[Row] = []
@@ -303,6 +300,7 @@ def _order(rows: Sequence[Row]) -> list[Row]:
 
 
 def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample std of the finite values (std 0 for one value; None for none)."""
     finite = [v for v in values if v is not None and not math.isnan(v)]
     if not finite:
         return None, None
@@ -310,6 +308,7 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
 
 
 def _cell(mean: float | None, std: float | None, seeds: int) -> str:
+    """A table cell: mean ± std over several seeds, the mean alone for one, '-' for none."""
     if mean is None:
         return "-"
     return f"{mean:.1f} ± {std:.1f}" if seeds > 1 else f"{mean:.1f}"
@@ -400,13 +399,13 @@ def run_suite(
     and writes no table (for launching seeds in parallel processes). `row_keys` keeps only
     those rows (and the rows they start from)."""
     if rows is None:
-        rows = _suite_rows(name, row_keys)
+        rows = suite_rows(name, row_keys)
     elif row_keys:
         rows = select_rows(rows, row_keys)
-    family = _family(data)
+    family = config_family(data)
     if seeds < 1:
         raise ApodaError(f"--seeds must be at least 1, got {seeds}")
-    extra = [*(_fast_overrides() if fast else []), *overrides]
+    extra = suite_overrides(fast, overrides)
     runs_of = shared_runs(rows, family, extra)
     for row in rows:
         if runs_of[row.key] is not row:
@@ -414,7 +413,7 @@ def run_suite(
     result = SuiteResult(name, tuple(_labelled(row, runs_of[row.key]) for row in rows))
     runs = runs or out
     for seed in range(seeds) if only_seed is None else [only_seed]:
-        for row in _order(rows):
+        for row in training_order(rows):
             metrics = _train_row(runs_of[row.key], family, runs, seed, extra, runs_of)
             result.metrics.setdefault(row.key, []).append(metrics)
     if only_seed is not None:
@@ -431,122 +430,24 @@ def _labelled(row: Row, run: Row) -> Row:
     return replace(row, label=f"{row.label} (the run of row `{run.key}`: same config)")
 
 
-def _fast_overrides() -> list[str]:
+def suite_overrides(fast: bool, overrides: Sequence[str]) -> list[str]:
+    """The overrides every row of a suite gets: --fast's short schedule first, then the user's."""
+    if not fast:
+        return list(overrides)
     from apoda.demo import FAST_OVERRIDES
 
-    return [*FAST_OVERRIDES, "train.iterations=10"]
+    return [*FAST_OVERRIDES, "train.iterations=10", *overrides]
 
 
-def _family(data: str) -> str:
+def config_family(data: str) -> str:
     """The config family of `--data NAME`; a one-line error for an unknown name."""
     if data not in FAMILIES:
         raise ApodaError(f"--data {data!r}: expected one of {', '.join(FAMILIES)}")
     return FAMILIES[data]
 
 
-def _suite_rows(name: str, row_keys: Sequence[str]) -> tuple[Row, ...]:
+def suite_rows(name: str, row_keys: Sequence[str]) -> tuple[Row, ...]:
+    """The rows of suite `name` (only `row_keys` and their starts, if given); unknown: error."""
     if name not in SUITES:
         raise ApodaError(f"unknown suite {name!r}; expected one of {', '.join(SUITES)}")
     return select_rows(SUITES[name], row_keys) if row_keys else SUITES[name]
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def train_in_parallel(
-    names: Sequence[str],
-    runs: Path,
-    jobs: int,
-    seeds: int = 1,
-    data: str = "minicity",
-    fast: bool = False,
-    overrides: Sequence[str] = (),
-    row_keys: Sequence[str] = (),
-) -> None:
-    """Train every (seed, row) of the named suites once, in up to `jobs` child processes
-    (`apoda suite NAME --only-seed S --rows KEY`), each row once its init row has finished.
-
-    Rows shared by several suites (step 1, APODA, ...) and rows that share another row's run
-    (`shared_runs`) are trained once. Runs are started row by row over the seeds, in the order
-    the suites list them, so the first rows finish on every seed first. Each child's output is
-    appended to `runs/logs/seedS-KEY.log`. A failed run is reported with its log and the rows
-    that start from it are skipped; the others go on."""
-    if jobs < 1:
-        raise ApodaError(f"--jobs must be at least 1, got {jobs}")
-    family = _family(data)
-    extra = [*(_fast_overrides() if fast else []), *overrides]
-    asked = [(name, row) for name in names for row in _order(_suite_rows(name, row_keys))]
-    runs_of = shared_runs([row for _, row in asked], family, extra)
-    # run key -> the suite and row a child is asked for (the run may belong to another suite)
-    launch: dict[str, tuple[str, str]] = {}
-    rows: list[Row] = []
-    for name, row in asked:
-        run = runs_of[row.key]
-        if run.key not in launch:
-            launch[run.key] = (name, row.key)
-            rows.append(run)
-    # Shared files are made once here, not raced for by the children: the generated data and
-    # built-in weights.
-    first = row_config(rows[0], family, runs, 0, extra)
-    build_run_data(first)
-    resolve_pretrained(first)
-    logs = runs / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
-    pending = [(seed, row) for row in rows for seed in range(seeds)]
-    done: set[tuple[int, str]] = set()
-    failed: dict[tuple[int, str], Path] = {}
-    running: dict[subprocess.Popen[bytes], tuple[int, str, Path]] = {}
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        while pending or running:
-            for seed, row in list(pending):
-                start = _start(row, runs_of)
-                if start is not None and (seed, start) in failed:
-                    pending.remove((seed, row))
-                    failed[(seed, row.key)] = failed[(seed, start)]
-                    print(f"[{row.key} seed {seed}] skipped: its start {start} failed")
-                elif len(running) < jobs and (start is None or (seed, start) in done):
-                    pending.remove((seed, row))
-                    log = logs / f"seed{seed}-{row.key}.log"
-                    suite, key = launch[row.key]
-                    command = [
-                        sys.executable, "-m", "apoda", "suite", suite, *extra,
-                        "--data", data, "--runs", str(runs), "--out", str(runs),
-                        "--only-seed", str(seed), "--rows", key,
-                    ]  # fmt: skip
-                    with open(log, "ab") as fh:  # a resumed run's log keeps its start
-                        # its own session: a Ctrl-C reaches the children once, from here
-                        child = subprocess.Popen(
-                            command, stdout=fh, stderr=fh, env=env, start_new_session=True
-                        )
-                    running[child] = (seed, row.key, log)
-                    print(f"[{row.key} seed {seed}] started (log {log})")
-            time.sleep(0.5)
-            for child in [c for c in running if c.poll() is not None]:
-                seed, key, log = running.pop(child)
-                if child.returncode == 0:
-                    done.add((seed, key))
-                    print(f"[{key} seed {seed}] finished")
-                else:
-                    failed[(seed, key)] = log
-                    print(f"[{key} seed {seed}] failed (exit {child.returncode}): see {log}")
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(
-            f"stopped: the {len(running)} run(s) in training save a checkpoint and stop; the same "
-            "command resumes them"
-        ) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        for child in running:
-            child.send_signal(signal.SIGINT)  # a run stops at its next step with a checkpoint
-        for child in running:
-            try:
-                child.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                child.kill()
-    if failed:
-        listing = "; ".join(f"{key} seed {seed}: {log}" for (seed, key), log in failed.items())
-        raise ApodaError(f"{len(failed)} run(s) did not finish ({listing}); no table written")
