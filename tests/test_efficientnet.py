@@ -19,7 +19,7 @@ from apoda.config import load_config
 from apoda.errors import ApodaError
 from apoda.methods import build_method
 from apoda.models import FrozenBatchNorm2d, LegacyBatchNorm2d, build_segmenter, load_pretrained
-from apoda.models.backbones import DEFAULT_BN_MODE, build_backbone, efficientnet_lite0
+from apoda.models.backbones import build_backbone, default_bn_mode, efficientnet_lite0
 from apoda.models.build import segmenter_from_config
 from apoda.models.efficientnet import (
     BUILTIN_IMAGENET,
@@ -174,7 +174,7 @@ def test_batch_norm_modes_keep_the_tensorflow_epsilon(bn_mode: str) -> None:
     kind = {"frozen": FrozenBatchNorm2d, "legacy": LegacyBatchNorm2d, "train": nn.BatchNorm2d}
     assert all(type(m) is kind[bn_mode] and m.eps == 1e-3 for m in norms)
     assert all(m.weight.requires_grad == (bn_mode == "train") for m in norms)
-    assert DEFAULT_BN_MODE["efficientnet_lite0"] == "frozen"
+    assert default_bn_mode("efficientnet_lite0") == "frozen"
 
 
 def test_load_pretrained_covers_the_whole_backbone(

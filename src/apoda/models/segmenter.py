@@ -19,7 +19,7 @@ from torch import nn
 
 from apoda.errors import ApodaError
 from apoda.models.aspp import ASPPClassifier
-from apoda.models.backbones import Arch, Backbone, BNMode, build_backbone
+from apoda.models.backbones import Backbone, BNMode, build_backbone
 
 Cut = Literal["pixel", "layer1", "layer2", "layer3", "layer4"]
 
@@ -226,7 +226,7 @@ class Segmenter(nn.Module):
 
 
 def build_segmenter(
-    arch: Arch,
+    arch: str,
     num_classes: int,
     cut: Cut = "layer4",
     multi_level: bool = False,
