@@ -53,10 +53,10 @@ from PIL import Image
 from torch import nn
 
 import apoda.methods.apoda as apoda_module
+from apoda.checkpoints import save_checkpoint
 from apoda.config import Config, config_to_dict, load_config
 from apoda.configs import resolve_config
 from apoda.demo import TINY_MINICITY
-from apoda.engine.checkpoint import save_checkpoint
 from apoda.evaluation import ConfusionMatrix, predict_full_res
 from apoda.methods import Batch, Method, build_method
 from apoda.models.build import architecture_from_config

@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
+from apoda.checkpoints import load_checkpoint
 from apoda.cli import _parser, main
 from apoda.data.minicity import MiniCityConfig, ensure_minicity
-from apoda.engine.checkpoint import load_checkpoint
 from conftest import TINY
 from test_datasets import make_cityscapes
 

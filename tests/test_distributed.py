@@ -22,12 +22,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from apoda.checkpoints import load_checkpoint
 from apoda.distributed import (
     average_gradients,
     global_mean_denominator,
     mean_over_ranks,
 )
-from apoda.engine.checkpoint import load_checkpoint
 from conftest import TINY
 
 WORLD = 2

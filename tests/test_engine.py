@@ -15,14 +15,15 @@ import pytest
 import torch
 import yaml
 
+from apoda.checkpoints import load_checkpoint, save_checkpoint
 from apoda.cli import main
 from apoda.config import load_config
 from apoda.configs import resolve_config
-from apoda.engine.checkpoint import load_checkpoint, save_checkpoint
 from apoda.engine.trainer import Trainer
 from apoda.errors import ApodaError
 from apoda.methods import Method
 from apoda.models.build import segmenter_from_config
+from apoda.runs import checkpoint_file
 from conftest import TINY
 
 SOURCE_ONLY = resolve_config("minicity/source_only")
@@ -34,7 +35,7 @@ def _config(*extra: str):  # type: ignore[no-untyped-def]
 
 
 def _params(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["modules"]["segmenter"]
+    return load_checkpoint(checkpoint_file(path))["modules"]["segmenter"]  # file or run folder
 
 
 def test_run_folder_has_every_file_and_the_metrics_contract(tmp_path: Path) -> None:
@@ -92,7 +93,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path: Path, monkeypatch) 
     monkeypatch.setattr(Method, "backward_step", dying)
     with pytest.raises(KeyboardInterrupt):
         Trainer(_config(), tmp_path / "killed").fit()
-    assert load_checkpoint(tmp_path / "killed")["iteration"] == 3
+    assert load_checkpoint(checkpoint_file(tmp_path / "killed"))["iteration"] == 3
     monkeypatch.setattr(Method, "backward_step", original)
     Trainer(_config(), tmp_path / "killed", resume=True).fit()
 
@@ -134,7 +135,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path: Path, monk
     run = tmp_path / "nan"
     with pytest.raises(ApodaError, match=r"iteration 5: non-finite value in loss/seg_source"):
         Trainer(_config(), run).fit()
-    state = load_checkpoint(run)
+    state = load_checkpoint(checkpoint_file(run))
     assert state["iteration"] == 3
     assert all(
         torch.isfinite(v).all()

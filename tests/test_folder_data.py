@@ -14,12 +14,12 @@ import torch
 import yaml
 from PIL import Image
 
+from apoda.checkpoints import load_checkpoint
 from apoda.cli import main
 from apoda.config import load_config_data
 from apoda.data.folder import FolderDataset, parse_classes, read_classes
 from apoda.data.minicity import MiniCityConfig, ensure_minicity
 from apoda.data.minicity.folder_export import CATEGORIES, write_minicity_folder
-from apoda.engine.checkpoint import load_checkpoint
 from apoda.errors import ApodaError
 from apoda.inference import checkpoint_classes
 from apoda.suites import STEP1, Row, run_suite

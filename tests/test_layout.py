@@ -1,5 +1,6 @@
 """The package's shape: no import cycles among apoda's modules (function-level imports
-included), so e.g. building a model never reaches back into the training loop."""
+included), so e.g. building a model never reaches back into the training loop, and layers that
+only point down (`LAYER_RULES`): what a package may never reach through its imports."""
 
 from __future__ import annotations
 
@@ -56,6 +57,61 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if node not in index:
             visit(node)
     return found
+
+
+LAYER_RULES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    # (package or module, what it must never reach, the only modules it may reach them through)
+    ("apoda.checkpoints", ("apoda.models", "apoda.methods", "apoda.engine", "apoda.runs"), ()),
+    ("apoda.models", ("apoda.engine",), ()),
+    ("apoda.methods", ("apoda.engine",), ()),
+    ("apoda.engine", ("apoda.cli",), ()),
+    # the loop imports no report module: its default finish hooks draw the report
+    ("apoda.engine", ("apoda.report",), ("apoda.run_outputs",)),
+)
+"""Layers that only point down: checkpoint files are a leaf below models and methods, models
+and methods never depend on the training loop, and the loop never on the command line."""
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(f"{package}.")
+
+
+def _violations(
+    graph: dict[str, set[str]], source: str, forbidden: tuple[str, ...], through: tuple[str, ...]
+) -> list[list[str]]:
+    """Import chains from `source` (a module or package) into `forbidden` that pass through
+    none of the modules in `through` (breadth first: one shortest chain per module reached)."""
+    starts = [m for m in graph if _within(m, source)]
+    chains = {m: [m] for m in starts}
+    queue = list(starts)
+    found = []
+    while queue:
+        node = queue.pop(0)
+        for nxt in sorted(graph[node]):
+            if nxt in chains or any(_within(nxt, t) for t in through):
+                continue
+            chains[nxt] = [*chains[node], nxt]
+            if any(_within(nxt, f) for f in forbidden):
+                found.append(chains[nxt])
+            else:
+                queue.append(nxt)
+    return found
+
+
+def test_layers_only_point_down() -> None:
+    graph = _import_graph()
+    assert "apoda.engine.checkpoint" not in graph  # checkpoints have one home: apoda.checkpoints
+    for source, forbidden, through in LAYER_RULES:
+        assert any(_within(m, source) for m in graph), source  # a rule names real modules
+        assert all(any(_within(m, f) for m in graph) for f in forbidden), forbidden
+        assert _violations(graph, source, forbidden, through) == [], (source, forbidden)
+
+
+def test_the_layer_check_finds_an_indirect_import() -> None:
+    graph = {"a.x": {"b"}, "b": {"c.y"}, "c.y": set(), "d": {"c.y"}}
+    assert _violations(graph, "a", ("c",), ()) == [["a.x", "b", "c.y"]]
+    assert _violations(graph, "a", ("c",), ("b",)) == []
+    assert _violations(graph, "b", ("a",), ()) == []
 
 
 def test_the_import_graph_has_no_cycles() -> None:

@@ -349,7 +349,7 @@ def test_checkpoint_keys_do_not_depend_on_the_cut(arch: str) -> None:
 def test_a_checkpoint_of_the_cut_dependent_layout_still_loads() -> None:
     """A file written by apoda 0.1 (keys `feature_extractor.*`, `classifier.backbone.*`,
     `classifier.head.*`): its logits on its stored input are reproduced bit for bit."""
-    from apoda.engine.checkpoint import load_checkpoint
+    from apoda.checkpoints import load_checkpoint
 
     state = load_checkpoint(Path(__file__).parent / "fixtures" / "legacy_small_layer4.pt")
     weights = state["modules"]["segmenter"]

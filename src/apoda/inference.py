@@ -10,17 +10,18 @@ from typing import Any
 
 import torch
 
+from apoda.checkpoints import load_checkpoint, load_module_state
 from apoda.config import Config, DataConfig, config_from_dict
 from apoda.data import SegmentationDataset, build_dataset, get_scheme
 from apoda.data.classes import IGNORE_INDEX, ClassScheme
 from apoda.data.folder import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # what predict reads
 from apoda.data.folder import ClassList, FolderDataset, folder_classes, parse_classes
 from apoda.distributed import resolve_device
-from apoda.engine.checkpoint import load_checkpoint, load_module_state
 from apoda.errors import ApodaError
 from apoda.evaluation import evaluate_segmenter
 from apoda.models import Segmenter
 from apoda.models.build import architecture_from_config
+from apoda.models.segmenter import upgrade_state_keys
 from apoda.runs import EVAL_DIR_PREFIX, METRICS_FILE, checkpoint_file, writable_folder
 
 
@@ -48,7 +49,9 @@ def load_segmenter(path: str | Path) -> tuple[Segmenter, Config, dict[str, Any]]
     config = config_from_dict(state["config"], saved=True)
     scheme = checkpoint_scheme(state, config, path)
     segmenter = architecture_from_config(config, scheme.num_classes)
-    load_module_state(segmenter, state["modules"]["segmenter"], "segmenter", path)
+    load_module_state(
+        segmenter, state["modules"]["segmenter"], "segmenter", path, upgrade_state_keys
+    )
     segmenter.eval()
     return segmenter, config, state
 

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import torch
 
+from apoda.checkpoints import load_checkpoint
 from apoda.config import Config, load_config
 from apoda.configs import resolve_config
-from apoda.engine.checkpoint import load_checkpoint
 from apoda.engine.trainer import Trainer
 from apoda.errors import ApodaError
 from apoda.models.build import BUILTIN_PRETRAINED, builtin_pretrained_path
 from apoda.models.efficientnet import BUILTIN_IMAGENET, package_weights_path
 from apoda.models.segmenter import upgrade_state_keys
+from apoda.runs import checkpoint_file
 
 
 def _randomised_count(config: Config, base: Config) -> int:
@@ -76,7 +77,7 @@ def pretrain_minicity(config: Config, iterations: int | None = None) -> Path:
         run_dir,
         resume=run_dir.is_dir(),
     ).fit()
-    state = load_checkpoint(run_dir)["modules"]["segmenter"]
+    state = load_checkpoint(checkpoint_file(run_dir))["modules"]["segmenter"]
     backbone = {
         k.removeprefix("backbone."): v
         for k, v in upgrade_state_keys(state).items()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -85,3 +86,21 @@ def cell_share(
         name: (float(owned) / float(total) if total else None)
         for name, (owned, total) in zip(scheme.class_names, totals, strict=True)
     }
+
+
+def run_tail_classes(
+    configured: Sequence[str] | None,
+    listed: Sequence[str] | None,
+    measured: Sequence[str],
+    class_names: Sequence[str],
+) -> list[str]:
+    """A run's tail classes: the config's `data.tail_classes` (`configured`), else the class
+    list's `tail` (`listed`), else the source statistics' (`measured`); unknown names: an error."""
+    named = configured or listed
+    tail = list(measured if named is None else named)
+    unknown = sorted(set(tail) - set(class_names))
+    if unknown:
+        raise ApodaError(
+            f"data.tail_classes names unknown classes {unknown}; valid: {list(class_names)}"
+        )
+    return tail

@@ -1,7 +1,8 @@
 """The one training loop: data, poly schedule, evaluation, checkpoints, resume, logs, DDP.
 
-Every method runs through `Trainer.fit`; the method only takes steps. A run writes one folder:
-config.yaml, checkpoints/, tb/, log.jsonl, metrics.json, stats/, samples.npz, report.md."""
+Every method runs through `Trainer.fit`; the method only takes steps. The loop writes config.yaml,
+checkpoints/, tb/, log.jsonl and metrics.json into the run folder, then hands the finished run to
+its `on_finish` hooks (by default `apoda.run_outputs`: stats/, samples.npz, report.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import math
 import random
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,15 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from apoda import runs
+from apoda.checkpoints import load_checkpoint, save_checkpoint
 from apoda.config import Config, config_to_dict, save_config
+from apoda.data.stats import run_tail_classes
 from apoda.distributed import (
     barrier,
     init_distributed,
     mean_over_ranks,
     resolve_device,
 )
-from apoda.engine.checkpoint import load_checkpoint, save_checkpoint
 from apoda.engine.data import CyclingLoader, RunData, build_run_data, source_stats
 from apoda.errors import ApodaError, RunInterrupted
 from apoda.evaluation import evaluate_segmenter
@@ -36,6 +38,7 @@ from apoda.methods import Method, RunContext, build_method
 from apoda.methods.base import NonFiniteError
 from apoda.models.build import segmenter_from_config
 from apoda.run_lock import FolderLock
+from apoda.run_outputs import FinishedRun, FinishHook, default_hooks
 
 SKIPPED_SHARE = 0.1
 """With `train.nonfinite=skip`, skipping more than this share of the steps is warned about."""
@@ -87,9 +90,13 @@ class Trainer:
         overwrite: bool = False,
         log: Callable[[str], None] = print,
         pretrained_file: Path | None = None,
+        on_finish: Sequence[FinishHook] | None = None,
     ) -> None:
         """`pretrained_file`: the file that built-in `model.pretrained` weights resolved to
-        (`apoda.pretrain.resolve_pretrained`), so no training starts from inside this one."""
+        (`apoda.pretrain.resolve_pretrained`), so no training starts from inside this one.
+        `on_finish`: called in order on the main process once metrics.json is written (None:
+        `apoda.run_outputs.default_hooks()`, every run's stats, samples and report)."""
+        self.on_finish = tuple(default_hooks() if on_finish is None else on_finish)
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.train.device)
         self.rank, self.world = init_distributed(self.device.type)
@@ -130,14 +137,9 @@ class Trainer:
         scheme = self.data.scheme
         stats = source_stats(self.data.source, cfg.data.source)
         self.source_stats = stats
-        named = cfg.data.tail_classes or self.data.classes.tail  # config, else classes.yaml
-        self.tail = list(stats["tail_classes"] if named is None else named)
-        unknown = sorted(set(self.tail) - set(scheme.class_names))
-        if unknown:
-            raise ApodaError(
-                f"data.tail_classes names unknown classes {unknown}; "
-                f"valid: {list(scheme.class_names)}"
-            )
+        self.tail = run_tail_classes(
+            cfg.data.tail_classes, self.data.classes.tail, stats["tail_classes"], scheme.class_names
+        )
         self.segmenter = segmenter_from_config(
             cfg,
             scheme.num_classes,
@@ -293,7 +295,8 @@ class Trainer:
         if self.main:
             assert runlog is not None
             runlog.close()
-            self._write_outputs(metrics)
+            (self.run_dir / runs.METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+            self._finish(metrics)
         barrier()
         return metrics
 
@@ -388,44 +391,21 @@ class Trainer:
         chosen["final_miou"] = final["miou"]
         return chosen
 
-    def _write_outputs(self, metrics: dict[str, Any]) -> None:
-        (self.run_dir / runs.METRICS_FILE).write_text(json.dumps(metrics, indent=1))
-        stats_dir = self.run_dir / runs.STATS_DIR
-        stats_dir.mkdir(exist_ok=True)
-        (stats_dir / "source.json").write_text(json.dumps(self.source_stats, indent=1))
-        self._write_samples()
-        from apoda.report import read_run, write_report
-
-        write_report([read_run(self.run_dir)], self.run_dir, title=f"apoda run {self.config.name}")
-
-    def _write_samples(self) -> None:
-        """Predictions on the first few target-val images, for the report's picture grid."""
-        n = min(self.config.train.samples, len(self.data.val))
-        if n == 0:
-            return
-        images, labels, preds = [], [], []
-        norm = self.data.val.normalisation
-        self.segmenter.eval()
-        with torch.no_grad():
-            for i in range(n):
-                item = self.data.val[i]
-                x = item["image"][None].to(self.device)
-                logits = self.segmenter(x).float()
-                label = item["label"]
-                if label.shape != x.shape[2:]:
-                    label = torch.nn.functional.interpolate(
-                        label[None, None].float(), size=x.shape[2:], mode="nearest"
-                    )[0, 0].long()
-                images.append(norm.denormalise(item["image"]))
-                labels.append(label.numpy().astype(np.uint8))
-                preds.append(logits.argmax(1)[0].cpu().numpy().astype(np.uint8))
-        self.method.set_train_mode()
-        np.savez_compressed(
-            self.run_dir / runs.SAMPLES_FILE,
-            images=np.stack(images),
-            labels=np.stack(labels),
-            predictions=np.stack(preds),
+    def _finish(self, metrics: dict[str, Any]) -> None:
+        """Hand the finished run to the `on_finish` hooks, then put the method back in train
+        mode (a hook may have switched the segmenter to eval)."""
+        finished = FinishedRun(
+            run_dir=self.run_dir,
+            config=self.config,
+            metrics=metrics,
+            source_stats=self.source_stats,
+            segmenter=self.segmenter,
+            val=self.data.val,
+            device=self.device,
         )
+        for hook in self.on_finish:
+            hook(finished)
+        self.method.set_train_mode()
 
 
 def _fmt(value: float | None) -> str:

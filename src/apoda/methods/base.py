@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from apoda.checkpoints import load_module_state
 from apoda.config import Config
 from apoda.distributed import average_gradients, global_mean_denominator
-from apoda.engine.checkpoint import load_module_state
 from apoda.losses import IGNORE_INDEX, class_weights, segmentation_loss
 from apoda.models import Discriminator, Segmenter, upsample_logits
+from apoda.models.segmenter import upgrade_state_keys
 
 Batch = dict[str, Tensor]
 StepLog = dict[str, Tensor]
@@ -77,7 +78,7 @@ class Method(ABC):
     def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
         """Restore what `state_dict` saved; `path` names the checkpoint in errors."""
         for name, module in self.modules.items():
-            load_module_state(module, state["modules"][name], name, path)
+            load_module_state(module, state["modules"][name], name, path, upgrade_state_keys)
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         self.skipped_steps = int(state.get("skipped_steps", 0))

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from apoda.checkpoints import load_checkpoint, load_module_state
 from apoda.config import Config
 from apoda.data.minicity import cache_dir
-from apoda.engine.checkpoint import load_checkpoint, load_module_state
 from apoda.errors import ApodaError
 from apoda.models.pretrained import load_pretrained
-from apoda.models.segmenter import Segmenter, build_segmenter
+from apoda.models.segmenter import Segmenter, build_segmenter, upgrade_state_keys
+from apoda.runs import checkpoint_file
 
 BUILTIN_PRETRAINED = "builtin:minicity-randomised"
 """The `model.pretrained` value naming the backbone that `apoda pretrain minicity` caches."""
@@ -70,9 +71,13 @@ def segmenter_from_config(
     if model.init_from:
         # Checkpoint keys do not depend on the cut: a step-1 checkpoint cut at layer4 starts
         # Table 4's rows at pixel ... layer3 as it is.
-        state = load_checkpoint(model.init_from)
+        state = load_checkpoint(checkpoint_file(model.init_from))
         load_module_state(
-            segmenter, state["modules"]["segmenter"], "segmenter", Path(model.init_from)
+            segmenter,
+            state["modules"]["segmenter"],
+            "segmenter",
+            Path(model.init_from),
+            upgrade_state_keys,
         )
         saved = state.get("class_names")  # as many as the run's: the tensors fit
         if class_names is not None and saved is not None and list(saved) != list(class_names):
