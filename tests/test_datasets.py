@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from apoda.config import Config, load_config
 from apoda.data import (
     CITYSCAPES19,
     SYNTHIA16,
@@ -24,7 +25,10 @@ from apoda.data import (
 )
 from apoda.data.io import read_label_indices, read_rgb, read_synthia_label
 from apoda.data.transforms import CAFFE_MEAN_BGR, augment_pair, prepare_sample
+from apoda.engine.data import build_run_data
 from apoda.errors import ApodaError
+from apoda.inference import dataset_for
+from apoda.registry import DATASETS, dataset_names, get_dataset, register_dataset
 
 W, H = 8, 6
 # Cityscapes label ids: 7 road, 26 car, 0 unlabelled, 33 bicycle, 22 terrain.
@@ -375,3 +379,71 @@ def test_build_dataset_names_and_splits(tmp_path: Path) -> None:
         build_dataset("gta5", root, "val", CITYSCAPES19)
     with pytest.raises(ApodaError, match="unknown dataset 'idd'"):
         build_dataset("idd", root, "train", CITYSCAPES19)  # type: ignore[arg-type]
+
+
+# -- the dataset registry -------------------------------------------------------------------------
+def test_the_builtin_datasets_are_listed_in_the_order_configs_always_used() -> None:
+    assert dataset_names("source") == (
+        "gta5", "synthia", "minicity", "cityscapes", "minicity_target", "minicity_randomised",
+        "folder",
+    )  # fmt: skip
+    assert dataset_names("target") == ("minicity", "cityscapes", "folder")
+    assert dataset_names("scored") == ("gta5", "synthia", "minicity", "cityscapes", "folder")
+    with pytest.raises(ApodaError) as caught:
+        get_dataset("gta5", "target", "data.target")
+    assert str(caught.value) == (
+        "data.target: expected one of minicity, cityscapes, folder; got 'gta5' "
+        "('gta5' cannot be a target)"
+    )
+    with pytest.raises(ApodaError, match=r"roles must be among \('source', 'target'\)"):
+        register_dataset("x", roles=("val",))
+
+
+USER_DATASET = """
+from apoda.data.gta5 import GTA5Dataset
+from apoda.registry import register_dataset
+
+
+@register_dataset("renamed_gta5")
+def build(root, split, scheme, **options):
+    return GTA5Dataset(root / "inner", scheme, **options)
+"""
+
+
+def test_a_dataset_in_a_users_file_is_a_runs_source_and_scored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(DATASETS, "_entries", {n: DATASETS.get(n) for n in DATASETS.names()})
+    (tmp_path / "mine.py").write_text(USER_DATASET)
+    make_gta5(tmp_path / "src" / "inner", n=2)
+    cs = make_cityscapes(make_cityscapes(tmp_path / "cs"), "train", labels=False)
+    config = load_config(
+        None,
+        [
+            f"imports=[{tmp_path / 'mine.py'}]",
+            "data.source=renamed_gta5",
+            f"data.source_root={tmp_path / 'src'}",
+            "data.target=cityscapes",
+            f"data.target_root={cs}",
+            "data.source_size=[4,3]",
+        ],
+    )
+    run = build_run_data(config)
+    assert isinstance(run.source, GTA5Dataset) and len(run.source) == 2
+    assert isinstance(run.val, CityscapesDataset) and run.val.label_full_res
+    dataset, split = dataset_for("renamed_gta5", str(tmp_path / "src"), None, CITYSCAPES19, config)
+    assert (split, dataset.size, dataset.root) == ("train", (4, 3), tmp_path / "src" / "inner")
+    assert dataset_names("source")[-1] == "renamed_gta5"
+    with pytest.raises(ApodaError, match="'renamed_gta5' cannot be a target"):
+        load_config(None, [f"imports=[{tmp_path / 'mine.py'}]", "data.target=renamed_gta5"])
+
+
+def test_minicity_is_one_folder_read_in_two_layouts(tmp_path: Path) -> None:
+    make_gta5(tmp_path / "mini" / "source", n=2)
+    make_cityscapes(tmp_path / "mini" / "target")
+    mini = tmp_path / "mini"
+    assert isinstance(build_dataset("minicity", mini, "source", CITYSCAPES19), GTA5Dataset)
+    val = build_dataset("minicity", mini, "val", CITYSCAPES19)
+    assert isinstance(val, CityscapesDataset) and val.root == mini / "target"
+    with pytest.raises(ApodaError, match="is not a MiniCity folder"):
+        DATASETS.get("minicity").locate(Config().data, str(tmp_path))  # type: ignore[misc]

@@ -175,6 +175,19 @@ def test_a_clean_folder_checks_with_counts_sizes_and_fractions(
     assert "| flat | 14." in out and "| problems | 0 | 0 |" in out and "0 problems" in out
 
 
+def test_data_stats_reads_a_folder_with_its_own_classes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = write_folder(tmp_path / "data", THREE, "index", {"train": (4, True), "val": (2, True)})
+    out = tmp_path / "stats.json"
+    code, _, err = _cli(["data", "stats", "folder", str(root), "--out", str(out)], capsys)
+    assert code == 0, err
+    stats = json.loads(out.read_text())
+    assert (stats["split"], stats["class_names"]) == ("val", list(THREE))
+    code, _, err = _cli(["data", "stats", "folder", str(root), "--scheme", "synthia16"], capsys)
+    assert code == 2 and "--scheme: folder names its own classes" in err
+
+
 def _save(path: Path, array: np.ndarray, mode: str | None = None) -> None:
     Image.fromarray(array, mode).save(path)
 

@@ -10,7 +10,7 @@ import contextlib
 import sys
 import textwrap
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,13 +31,24 @@ EXAMPLES = {
 }
 
 
-DATASETS = ["minicity", "gta5", "synthia", "cityscapes"]
-EVAL_DATASETS = [*DATASETS, "folder"]
 DEBUG_HELP = "show tracebacks on errors"
 FORMATTER = argparse.RawDescriptionHelpFormatter
 
 if TYPE_CHECKING:  # what add_subparsers returns: add_parser makes one subcommand
     _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+class _ScoredDatasets:
+    """argparse choices: the datasets `apoda data stats` takes (apoda.registry.DATASETS), read
+    when an argument is checked or help is shown, so building the parser imports no dataset."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in list(self)
+
+    def __iter__(self) -> Iterator[str]:
+        from apoda.registry import dataset_names
+
+        return iter(dataset_names("scored"))
 
 
 def _positive_int(text: str) -> int:
@@ -184,9 +195,10 @@ def _add_eval(sub: _Subparsers) -> None:
     p.add_argument("checkpoint", help="checkpoint file or run folder")
     p.add_argument(
         "--data",
-        choices=EVAL_DATASETS,
-        help="the dataset to score on (default: the run's target: data.target with "
-        "data.target_root of its config); folder: a folder dataset (README, 'Your own data')",
+        metavar="DATASET",
+        help="the dataset to score on: one `apoda data stats` takes, or one the run's "
+        "`imports:` register (default: the run's target: data.target with data.target_root of "
+        "its config); folder: a folder dataset (README, 'Your own data')",
     )
     p.add_argument("--root", help="dataset folder (not needed for minicity)")
     p.add_argument(
@@ -387,7 +399,7 @@ def _add_data_stats(tools: _Subparsers) -> None:
         epilog=EXAMPLES["data"],
         formatter_class=FORMATTER,
     )
-    s.add_argument("dataset", choices=DATASETS)
+    s.add_argument("dataset", choices=_ScoredDatasets(), metavar="DATASET", help="%(choices)s")
     s.add_argument(
         "root",
         nargs="?",

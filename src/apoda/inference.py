@@ -12,16 +12,17 @@ import torch
 
 from apoda.checkpoints import load_checkpoint, load_module_state
 from apoda.config import Config, DataConfig, config_from_dict
-from apoda.data import SegmentationDataset, build_dataset, get_scheme
+from apoda.data import SegmentationDataset, get_scheme
 from apoda.data.classes import IGNORE_INDEX, ClassScheme
 from apoda.data.folder import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # what predict reads
-from apoda.data.folder import ClassList, FolderDataset, folder_classes, parse_classes
+from apoda.data.folder import ClassList, parse_classes
 from apoda.distributed import resolve_device
 from apoda.errors import ApodaError
 from apoda.evaluation import evaluate_segmenter
 from apoda.models import Segmenter
 from apoda.models.build import architecture_from_config
 from apoda.models.segmenter import upgrade_state_keys
+from apoda.registry import DATASETS, DatasetEntry, get_dataset
 from apoda.runs import EVAL_DIR_PREFIX, METRICS_FILE, checkpoint_file, writable_folder
 
 
@@ -35,9 +36,9 @@ def checkpoint_classes(state: dict[str, Any], config: Config, path: Path) -> Cla
 
 
 def checkpoint_scheme(state: dict[str, Any], config: Config, path: Path) -> ClassScheme:
-    """The classes a checkpoint predicts: a folder-trained run's own class list, else the
-    built-in scheme its config names (with the raw-id tables that real datasets need)."""
-    if config.data.source != "folder":
+    """The classes a checkpoint predicts: the class list of a run whose source has its own
+    (folder), else the built-in scheme its config names (with the raw-id tables of real data)."""
+    if DATASETS.get(config.data.source).classes is None:
         return get_scheme(config.data.scheme)
     return checkpoint_classes(state, config, path).scheme
 
@@ -56,21 +57,34 @@ def load_segmenter(path: str | Path) -> tuple[Segmenter, Config, dict[str, Any]]
     return segmenter, config, state
 
 
-def minicity_folder(root: str | None, data: DataConfig) -> Path:
-    """A MiniCity folder given on the command line (checked), else the config's, generated into
-    the cache when missing."""
-    from apoda.engine.data import minicity_root
-
+def dataset_folder(entry: DatasetEntry, name: str, root: str | None, data: DataConfig) -> Path:
+    """The folder of a dataset to score or measure: `root` (`--root`), or where a generated
+    one is (MiniCity: `root` is checked, else the config's, generated when missing)."""
+    if entry.locate is not None:
+        return Path(entry.locate(data, root))
     if root is None:
-        return minicity_root(data)
-    folder = Path(root).expanduser()
-    missing = [str(folder / sub) for sub in ("source", "target") if not (folder / sub).is_dir()]
-    if missing:
-        raise ApodaError(
-            f"{folder} is not a MiniCity folder (missing {', '.join(missing)}); expected what "
-            "`apoda data minicity --out DIR` writes, or no folder for the cache's MiniCity"
-        )
-    return folder
+        raise ApodaError(f"--root is required for {name}: the folder of the dataset")
+    return Path(root).expanduser()
+
+
+def _same_folder(root: str | None, run_root: str | None) -> bool:
+    return (
+        root is not None
+        and run_root is not None
+        and Path(run_root).expanduser() == Path(root).expanduser()
+    )
+
+
+def read_size(
+    entry: DatasetEntry, name: str, root: str | None, data: DataConfig
+) -> tuple[int, int] | None:
+    """The size a run read a dataset at: its target's (the run's validation), unless the
+    dataset can only be a source or is the run's source folder and not its target folder."""
+    is_target = name == data.target and _same_folder(root, data.target_root)
+    is_source = name == data.source and _same_folder(root, data.source_root)
+    as_source = "target" not in entry.roles or (is_source and not is_target)
+    size = data.source_size if as_source else data.target_size
+    return (int(size[0]), int(size[1])) if size else None
 
 
 def dataset_for(
@@ -82,31 +96,25 @@ def dataset_for(
     label_full_res: bool = True,
     classes: ClassList | None = None,
 ) -> tuple[SegmentationDataset, str]:
-    """A labelled dataset by name (`minicity` means MiniCity's target domain, Cityscapes layout;
-    `folder` reads its labels with its own classes.yaml, else with `classes`, the model's)."""
+    """A labelled split of a registered dataset (default: `val` of one that can be a target,
+    else its source split), read with `scheme`, or, for a dataset of its own classes (folder),
+    with its class list checked against `classes` (the model's)."""
+    entry = get_dataset(name, "scored", "dataset")
     data = config.data if config is not None else Config().data
-    kwargs: dict[str, Any] = {"normalisation": data.normalisation, "label_full_res": label_full_res}
-    if name == "minicity":
-        folder = minicity_folder(root, data)
-        return build_dataset(
-            "cityscapes", folder / "target", split or "val", scheme, **kwargs
-        ), split or "val"
-    if root is None:
-        raise ApodaError(f"--root is required for {name}: the folder of the dataset")
-    if name == "folder":
-        folder = Path(root).expanduser()
-        is_source = data.source_root is not None and Path(data.source_root).expanduser() == folder
-        size = data.source_size if is_source else data.target_size
-        own = folder_classes(folder, classes or ClassList.from_scheme(scheme))
-        kwargs["size"] = tuple(size) if size else None
-        return FolderDataset(folder, own, split=split or "val", **kwargs), split or "val"
-    size = None
-    if config is not None:
-        size = data.target_size if name == "cityscapes" else data.source_size
-    split = split or ("val" if name == "cityscapes" else "train")
-    return build_dataset(
-        name, root, split, scheme, size=tuple(size) if size else None, **kwargs
-    ), split
+    folder = dataset_folder(entry, name, root, data)
+    split = split or ("val" if "target" in entry.roles else entry.source_split)
+    labels: ClassScheme | ClassList = scheme
+    if entry.classes is not None:
+        labels = entry.classes(folder, classes or ClassList.from_scheme(scheme))
+    dataset = entry.build(
+        folder,
+        split,
+        labels,
+        size=read_size(entry, name, root, data),
+        normalisation=data.normalisation,
+        label_full_res=label_full_res,
+    )
+    return dataset, split
 
 
 def _check_fits(
@@ -147,6 +155,7 @@ def evaluate_checkpoint(
     segmenter, config, state = load_segmenter(path)
     if data is None or (data == config.data.target and root is None):
         data, root = config.data.target, root or config.data.target_root
+    get_dataset(data, "scored", "--data")  # after the run's imports: its own datasets too
     scheme = checkpoint_scheme(state, config, path)
     device = resolve_device(config.train.device)
     segmenter.to(device)
@@ -198,8 +207,9 @@ def dataset_stats(
     """`apoda data stats`: class fractions of a dataset's labels, as JSON and a picture.
 
     Tail classes are the source's (the ones evaluation reports): a target split's own rare
-    classes are not marked unless no source is known (`tail_from`, or MiniCity's own source).
-    `cells`: also each class's share of pixels in the stride x stride cells it owns."""
+    classes are not marked unless no source is known (`tail_from`, or the source split of a
+    dataset that holds both domains, MiniCity's). A dataset of its own classes (folder) is read
+    with them. `cells`: also each class's share of pixels in the stride x stride cells it owns."""
     from apoda.data.stats import cell_share, compute_stats
     from apoda.engine.data import source_stats
     from apoda.report import plot_class_distribution
@@ -207,17 +217,16 @@ def dataset_stats(
     for target in (out, plot):
         if target:
             writable_folder(Path(target).parent)
-    scheme = get_scheme(scheme_name or ("synthia16" if name == "synthia" else "cityscapes19"))
+    entry = get_dataset(name, "scored", "dataset")
+    scheme, classes = _stats_classes(entry, name, root, scheme_name)
     source: SegmentationDataset | None = None
-    if name == "minicity":
-        source = build_dataset(
-            "gta5", minicity_folder(root, Config().data) / "source", "train", scheme
-        )
-    if name == "minicity" and split in (None, "source"):
-        assert source is not None
-        dataset, split = source, "source"
+    if "target" in entry.roles and entry.source_split != "train":  # both domains: MiniCity
+        folder = dataset_folder(entry, name, root, Config().data)
+        source = entry.build(folder, entry.source_split, scheme if classes is None else classes)
+    if source is not None and split in (None, entry.source_split):
+        dataset, split = source, entry.source_split
     else:
-        dataset, split = dataset_for(name, root, split, scheme)
+        dataset, split = dataset_for(name, root, split, scheme, classes=classes)
     source_tail = _tail_classes_of(Path(tail_from), scheme) if tail_from else None
     stats = compute_stats(dataset, name, split, progress=True)
     if tail_from:
@@ -225,13 +234,26 @@ def dataset_stats(
     if cells:
         stats["cell_stride"], stats["cell_share"] = cells, cell_share(dataset, cells, progress=True)
     elif source is not None and dataset is not source:
-        stats["tail_classes"] = source_stats(source, "minicity")["tail_classes"]
-        stats["tail_from"] = "minicity source"
+        stats["tail_classes"] = source_stats(source, name)["tail_classes"]
+        stats["tail_from"] = f"{name} source"
     if out:
         Path(out).write_text(json.dumps(stats, indent=1))
     if plot:
         plot_class_distribution({f"{name} {split}": stats}, plot)
     return stats
+
+
+def _stats_classes(
+    entry: DatasetEntry, name: str, root: str | None, scheme_name: str | None
+) -> tuple[ClassScheme, ClassList | None]:
+    """The classes `apoda data stats` reads a dataset with: `--scheme`, else the dataset's
+    default scheme; a dataset of its own classes (folder): its class list, no `--scheme`."""
+    if entry.classes is None:
+        return get_scheme(scheme_name or entry.default_scheme), None
+    if scheme_name:
+        raise ApodaError(f"--scheme: {name} names its own classes (its class list); drop --scheme")
+    classes = entry.classes(dataset_folder(entry, name, root, Config().data), None)
+    return classes.scheme, classes
 
 
 def _tail_classes_of(path: Path, scheme: ClassScheme) -> list[str]:

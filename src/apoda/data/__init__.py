@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from apoda.data.cityscapes import CityscapesDataset
 from apoda.data.classes import (
@@ -16,18 +16,17 @@ from apoda.data.classes import (
     get_scheme,
     tail_classes,
 )
+from apoda.data.folder import ClassList
 from apoda.data.gta5 import GTA5Dataset
 from apoda.data.io import SegmentationDataset
 from apoda.data.synthia import SynthiaDataset
 from apoda.data.transforms import AugmentConfig, Normalisation
 from apoda.errors import ApodaError
-
-DATASET_NAMES = ("gta5", "synthia", "cityscapes")
+from apoda.registry import DATASETS
 
 __all__ = [
     "CITYSCAPES19",
     "CITYSCAPES_PALETTE",
-    "DATASET_NAMES",
     "IGNORE_INDEX",
     "SYNTHIA16",
     "AugmentConfig",
@@ -45,20 +44,15 @@ __all__ = [
 
 
 def build_dataset(
-    name: Literal["gta5", "synthia", "cityscapes"],
-    root: str | Path,
-    split: str,
-    scheme: ClassScheme,
-    **kwargs: Any,
+    name: str, root: str | Path, split: str, scheme: ClassScheme, **kwargs: Any
 ) -> SegmentationDataset:
-    """Build a dataset by name. GTA5 and SYNTHIA have a single split, "train" (the whole
-    folder); Cityscapes takes "train", "val" or "test". ``kwargs`` go to the constructor."""
-    if name == "cityscapes":
-        return CityscapesDataset(root, scheme, split=split, **kwargs)
-    if name not in ("gta5", "synthia"):
-        raise ApodaError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
-    if split != "train":
-        raise ApodaError(f"{name} has a single split 'train' (the whole folder), got {split!r}")
-    if name == "gta5":
-        return GTA5Dataset(root, scheme, **kwargs)
-    return SynthiaDataset(root, scheme, **kwargs)
+    """Build one split of a registered dataset (apoda.registry.DATASETS) from its folder: GTA5
+    and SYNTHIA have a single split, "train" (the whole folder); Cityscapes takes "train", "val"
+    or "test"; MiniCity's folder "source" or its target's splits; a folder dataset reads its
+    labels with its own classes.yaml (which must name `scheme`'s classes). ``kwargs`` go to the
+    dataset."""
+    if name not in DATASETS:
+        raise ApodaError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    entry, root = DATASETS.get(name), Path(root)
+    labels = scheme if entry.classes is None else entry.classes(root, ClassList.from_scheme(scheme))
+    return entry.build(root, split, labels, **kwargs)

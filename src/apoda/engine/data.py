@@ -1,5 +1,6 @@
-"""Datasets and loaders of a run, from its config: labelled source, unlabelled target, target
-validation at full label resolution; loaders that cycle independently and resume exactly."""
+"""Datasets and loaders of a run, from its config (each dataset by name from
+apoda.registry.DATASETS): labelled source, unlabelled target, target validation at full label
+resolution; loaders that cycle independently and resume exactly."""
 
 from __future__ import annotations
 
@@ -14,25 +15,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from apoda.config import SOURCES, TARGETS, Config, DataConfig
-from apoda.data import ClassScheme, SegmentationDataset, build_dataset, get_scheme
-from apoda.data.check import scan_folder
-from apoda.data.folder import ClassList, FolderDataset, folder_classes, read_classes
+from apoda.config import Config, DataConfig
+from apoda.data import ClassScheme, SegmentationDataset, get_scheme
+from apoda.data.folder import ClassList
 from apoda.data.transforms import AugmentConfig
 from apoda.errors import ApodaError
-
-MINICITY_FOLDERS = {
-    "minicity": "source",
-    "minicity_target": "target",
-    "minicity_randomised": "randomised",
-}
-
-
-def minicity_root(data: DataConfig) -> Path:
-    """The MiniCity folder for these settings, generated into the cache when missing."""
-    from apoda.data.minicity import ensure_minicity
-
-    return ensure_minicity(data.minicity)
+from apoda.registry import DatasetEntry, get_dataset
 
 
 def _size(value: list[int] | None) -> tuple[int, int] | None:
@@ -51,92 +39,83 @@ class RunData:
     val: SegmentationDataset
 
 
+def dataset_root(entry: DatasetEntry, name: str, data: DataConfig, role: str) -> Path:
+    """Where a run reads its `role` dataset: generated (MiniCity's cache), else the config's
+    `data.source_root` / `data.target_root`."""
+    if entry.locate is not None:
+        return Path(entry.locate(data, None))
+    root = getattr(data, f"{role}_root")
+    if root is None:
+        raise ApodaError(f"data.{role}_root is not set: give the folder of the {name} dataset")
+    return Path(root).expanduser()
+
+
 def build_run_data(config: Config, need_train: bool = True) -> RunData:
-    """Build source, target-train and target-val datasets (roots and layouts checked here;
-    for training, folder datasets pass the fast data check first)."""
+    """Build source, target-train and target-val datasets (apoda.registry.DATASETS: roots and
+    layouts checked here; for training, each dataset's own fast check first, if it has one)."""
     data = config.data
-    if data.source not in SOURCES:
-        raise ApodaError(f"data.source {data.source!r}: expected one of {', '.join(SOURCES)}")
-    if data.target not in TARGETS:
-        raise ApodaError(f"data.target {data.target!r}: expected one of {', '.join(TARGETS)}")
-    uses_minicity = data.target == "minicity" or data.source.startswith("minicity")
-    mini = minicity_root(data) if uses_minicity else None
-    augment = None
-    if data.flip or data.random_scale or data.crop or data.photometric:
-        augment = AugmentConfig(
-            random_scale=tuple(data.random_scale) if data.random_scale else None,
-            crop=_size(data.crop),
-            flip=data.flip,
-            photometric=data.photometric,
-        )
-    common: dict[str, Any] = {"normalisation": data.normalisation, "seed": config.train.seed}
-
-    def root_of(name: str, root: str | None, key: str) -> Path:
-        if name.startswith("minicity"):
-            assert mini is not None
-            return mini / (MINICITY_FOLDERS[name] if key == "source_root" else "target")
-        if root is None:
-            raise ApodaError(f"data.{key} is not set: give the folder of the {name} dataset")
-        return Path(root).expanduser()
-
-    layouts = {"minicity": "gta5", "minicity_randomised": "gta5", "minicity_target": "cityscapes"}
-    src_name = layouts.get(data.source, data.source)
-    src_root = root_of(data.source, data.source_root, "source_root")
-    tgt_root = root_of(data.target, data.target_root, "target_root")
-    if data.source == "folder":
-        classes = read_classes(src_root)
+    src = get_dataset(data.source, "source", "data.source")
+    tgt = get_dataset(data.target, "target", "data.target")
+    augment = _augment(data)
+    src_root = dataset_root(src, data.source, data, "source")
+    tgt_root = dataset_root(tgt, data.target, data, "target")
+    if src.classes is not None:
+        classes = src.classes(src_root, None)
         scheme = classes.scheme
     else:
         scheme = get_scheme(data.scheme)
         classes = ClassList.from_scheme(scheme)
-    tgt_classes = folder_classes(tgt_root, classes) if data.target == "folder" else classes
-    if need_train:
-        _check_folders(data, src_root, classes, tgt_root, tgt_classes)
-
-    def target_split(split: str, **kwargs: Any) -> SegmentationDataset:
-        size = _size(data.target_size)
-        if data.target == "folder":
-            return FolderDataset(tgt_root, tgt_classes, split=split, size=size, **kwargs, **common)
-        return build_dataset("cityscapes", tgt_root, split, scheme, size=size, **kwargs, **common)
-
-    val = target_split("val", label_full_res=True, max_items=data.max_val)
+    tgt_classes = tgt.classes(tgt_root, classes) if tgt.classes is not None else classes
+    if need_train and src.check is not None:
+        src.check(src_root, classes, "source", data)
+    if need_train and tgt.check is not None:
+        tgt.check(tgt_root, tgt_classes, "target", data)
+    tgt_labels = scheme if tgt.classes is None else tgt_classes
+    common: dict[str, Any] = {"normalisation": data.normalisation, "seed": config.train.seed}
+    size = _size(data.target_size)
+    val = tgt.build(
+        tgt_root,
+        "val",
+        tgt_labels,
+        size=size,
+        label_full_res=True,
+        max_items=data.max_val,
+        **common,
+    )
     if not need_train:
         return RunData(scheme, classes, val, val, val)
-    source_options: dict[str, Any] = {
-        "size": _size(data.source_size),
-        "augment": augment,
-        "max_items": data.max_source,
+    source = src.build(
+        src_root,
+        src.source_split,
+        scheme if src.classes is None else classes,
+        size=_size(data.source_size),
+        augment=augment,
+        max_items=data.max_source,
         **common,
-    }
-    if data.source == "folder":
-        source: SegmentationDataset = FolderDataset(src_root, classes, **source_options)
-    else:
-        source = build_dataset(src_name, src_root, "train", scheme, **source_options)
-    target = target_split("train", augment=augment, max_items=data.max_target, labelled=False)
+    )
+    target = tgt.build(
+        tgt_root,
+        "train",
+        tgt_labels,
+        size=size,
+        augment=augment,
+        max_items=data.max_target,
+        labelled=False,
+        **common,
+    )
     return RunData(scheme, classes, source, target, val)
 
 
-def _check_folders(
-    data: DataConfig, src_root: Path, classes: ClassList, tgt_root: Path, tgt_classes: ClassList
-) -> None:
-    """The fast data check (`apoda.data.check`: every file's header, no pixel data) of a run's
-    folder datasets, and one size for what is batched at its file size."""
-    if data.source == "folder":
-        report = scan_folder(src_root, classes, decode=False)
-        report.require_clean()
-        if data.source_size is None and data.crop is None:
-            report.require_one_size("train", "set data.source_size=[W,H] (or data.crop)")
-    if data.target == "folder":
-        report = scan_folder(tgt_root, tgt_classes, decode=False)
-        report.require_clean()
-        if data.target_size is None and data.crop is None:
-            report.require_one_size("train", "set data.target_size=[W,H] (or data.crop)")
-        if data.target_size is None or data.eval_batch_size > 1:
-            report.require_one_size(
-                "val",
-                "set data.target_size=[W,H] and data.eval_batch_size=1 (labels are scored at "
-                "their own size)",
-            )
+def _augment(data: DataConfig) -> AugmentConfig | None:
+    """The training augmentation the config asks for; None without any."""
+    if not (data.flip or data.random_scale or data.crop or data.photometric):
+        return None
+    return AugmentConfig(
+        random_scale=tuple(data.random_scale) if data.random_scale else None,
+        crop=_size(data.crop),
+        flip=data.flip,
+        photometric=data.photometric,
+    )
 
 
 def source_stats(dataset: SegmentationDataset, name: str) -> dict[str, Any]:
