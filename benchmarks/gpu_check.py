@@ -558,7 +558,7 @@ def section_bf16(args: argparse.Namespace, device: torch.device) -> dict[str, An
     try:
         for precision in PRECISIONS:
             method.load_state_dict(state, where)
-            method.config.train.amp = precision == "bf16"
+            method.loop.amp = precision == "bf16"
             seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
             def recording(*a: Any, _seen: dict = seen, **kw: Any) -> Any:

@@ -26,10 +26,11 @@ from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 
 import apoda.methods.apoda as apoda_module
-from apoda.methods import Method
+from apoda.methods import Method, output_adversarial, parts, source_only
 from step_time import DEFAULTS, RESULTS, batches, build
 
-PHASES = ("_features", "supervised_loss", "target_outputs", "backward_step")
+PHASES = ("_features", "backward_step")
+"""Phases that are methods of the Method object; the shared parts are labelled in `main`."""
 
 
 def labelled(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     apoda_module.perturb_features = labelled("perturb_features", apoda_module.perturb_features)
+    parts.SupervisedLoss.__call__ = labelled("supervised_loss", parts.SupervisedLoss.__call__)  # type: ignore[method-assign]
+    for module in (source_only, output_adversarial):
+        module.target_outputs = labelled("target_outputs", module.target_outputs)  # type: ignore[attr-defined]
     result = {
         "backbone": args.backbone,
         "size": DEFAULTS[args.backbone].size_label,

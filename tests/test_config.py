@@ -10,16 +10,11 @@ from pathlib import Path
 import pytest
 
 from apoda.config import (
-    METHOD_CONFIGS,
-    AdaBNConfig,
-    ApodaConfig,
     Config,
     ModelConfig,
     NormalisationMode,
     OptimConfig,
-    OutputAdversarialConfig,
     SchemeName,
-    SourceOnlyConfig,
     TrainConfig,
     config_from_dict,
     config_to_dict,
@@ -29,6 +24,11 @@ from apoda.config import (
 )
 from apoda.configs import CONFIG_DIR, builtin_configs, resolve_config
 from apoda.errors import ApodaError
+from apoda.methods.adabn import AdaBNSettings
+from apoda.methods.apoda import ApodaSettings
+from apoda.methods.output_adversarial import OutputAdversarialSettings
+from apoda.methods.source_only import SourceOnlySettings
+from apoda.registry import METHODS
 
 
 def test_every_builtin_config_loads_and_real_ones_use_the_fields_conventions() -> None:
@@ -82,7 +82,7 @@ def test_overrides_are_typed(tmp_path: Path) -> None:
     ("override", "message"),
     [
         ("train.iterationz=3", "unknown config key train.iterationz; valid keys here: amp,"),
-        ("bogus=1", "unknown config key bogus; valid keys here: data, method, model, name"),
+        ("bogus=1", "unknown config key bogus; valid keys here: data, imports, method, model,"),
         ("train.iterations=1.5", "train.iterations: expected int, got 1.5"),
         ("train.amp=maybe", "train.amp: expected bool, got 'maybe'"),
         ("data.crop=12", "data.crop: expected a list of int, got 12"),
@@ -127,25 +127,25 @@ def _error(overrides: list[str]) -> str:
 
 # -- the method section: one dataclass per method --------------------------------------------
 def test_method_name_selects_its_dataclass_with_todays_defaults() -> None:
-    assert isinstance(load_config(None).method, SourceOnlyConfig)
-    assert isinstance(load_config(None, ["method.seg_loss=wce"]).method, SourceOnlyConfig)
+    assert isinstance(load_config(None).method, SourceOnlySettings)
+    assert isinstance(load_config(None, ["method.seg_loss=wce"]).method, SourceOnlySettings)
     for name in ("asn", "advent", "minent", "advent_minent"):
         method = load_config(None, [f"method.name={name}"]).method
-        assert isinstance(method, OutputAdversarialConfig) and method.name == name
+        assert isinstance(method, OutputAdversarialSettings) and method.name == name
     apoda = load_config(None, ["method.name=apoda"]).method
-    assert isinstance(apoda, ApodaConfig) and apoda.attack.name == "i_fgspm"
+    assert isinstance(apoda, ApodaSettings) and apoda.attack.name == "i_fgspm"
     assert config_to_dict(load_config(None, ["method.name=adabn"]))["method"] == {"name": "adabn"}
-    assert (SourceOnlyConfig().seg_loss, SourceOnlyConfig().lambda_seg_aux) == ("ce", 0.1)
-    adv = OutputAdversarialConfig()
+    assert (SourceOnlySettings().seg_loss, SourceOnlySettings().lambda_seg_aux) == ("ce", 0.1)
+    adv = OutputAdversarialSettings()
     assert (adv.name, adv.lambda_ent, adv.discriminator_width) == ("asn", 0.0, 64)
     assert (adv.lambda_adv, adv.lambda_adv_aux, adv.lambda_seg_aux) == (0.001, 0.0002, 0.1)
-    ap = ApodaConfig()
+    ap = ApodaSettings()
     assert (ap.seg_loss, ap.discriminator_width, ap.alpha_cst) == ("ce", 64, 0.2)
     assert (ap.alpha_ent, ap.alpha_ent_adv) == (0.002, 0.0005)
-    assert set(METHOD_CONFIGS) == {
+    assert set(METHODS.names()) == {
         "source_only", "asn", "advent", "minent", "advent_minent", "apoda", "adabn"
     }  # fmt: skip
-    assert AdaBNConfig().name == "adabn"
+    assert AdaBNSettings().name == "adabn"
 
 
 @pytest.mark.parametrize(
@@ -183,7 +183,7 @@ def test_unknown_method_name_lists_the_valid_ones() -> None:
         ("data.normalisation", "zscore", "caffe, imagenet"),
         ("data.scheme", "cityscapes16", "cityscapes19, synthia16"),
         ("data.source", "gta6", "gta5, synthia, minicity, cityscapes, minicity_target,"),
-        ("data.target", "mapillary", "cityscapes, minicity"),
+        ("data.target", "mapillary", "minicity, cityscapes, folder"),
         ("method.attack.name", "pgd", "none, i_fgspm, i_fgsm, fgspm, mi_fgspm"),
         ("method.attack.eps_mode", "scaled", "absolute, relative"),
         ("method.attack.seg_objective", "wce", "lovasz, ce"),
@@ -200,15 +200,18 @@ def test_every_enumeration_is_checked_and_lists_its_values(
 def test_the_literals_match_the_modules_that_use_them() -> None:
     from apoda.data.classes import get_scheme
     from apoda.data.transforms import NORMALISATION_MODES
-    from apoda.engine.data import SOURCES, TARGETS
+    from apoda.registry import dataset_names
 
     assert typing.get_args(NormalisationMode) == NORMALISATION_MODES
     assert [get_scheme(s).name for s in typing.get_args(SchemeName)] == [
         "cityscapes19",
         "synthia16",
     ]
-    assert "minicity_randomised" in SOURCES and "folder" in SOURCES
-    assert TARGETS == ("cityscapes", "minicity", "folder")
+    assert dataset_names("source") == (
+        "gta5", "synthia", "minicity", "cityscapes", "minicity_target", "minicity_randomised",
+        "folder",
+    )  # fmt: skip
+    assert dataset_names("target") == ("minicity", "cityscapes", "folder")
 
 
 # -- values ----------------------------------------------------------------------------------
@@ -283,9 +286,9 @@ def test_the_checks_hold_for_configs_built_in_code() -> None:
     with pytest.raises(ApodaError, match="select_best"):
         TrainConfig(select_best=True, eval_every=0)
     with pytest.raises(ApodaError, match=r"method\.discriminator_width must be at least 1"):
-        ApodaConfig(discriminator_width=0)
+        ApodaSettings(discriminator_width=0)
     with pytest.raises(ApodaError, match=r"method\.seg_loss: expected one of"):
-        SourceOnlyConfig(seg_loss="dice")  # type: ignore[arg-type]
+        SourceOnlySettings(seg_loss="dice")  # type: ignore[arg-type]
 
 
 # -- YAML files ------------------------------------------------------------------------------
@@ -339,7 +342,7 @@ def test_base_is_merged_under_the_child(tmp_path: Path) -> None:
     )
     cfg = load_config(child)
     assert cfg.name == "child" and (cfg.optim.lr, cfg.optim.momentum) == (0.02, 0.8)
-    assert isinstance(cfg.method, OutputAdversarialConfig)
+    assert isinstance(cfg.method, OutputAdversarialSettings)
     assert (cfg.method.lambda_adv, cfg.method.lambda_ent, cfg.method.discriminator_width) == (
         0.002,
         0.1,
@@ -359,11 +362,11 @@ def test_a_child_naming_another_method_replaces_the_base_method(tmp_path: Path) 
     child = tmp_path / "apoda.yaml"
     child.write_text("_base_: _base.yaml\nmethod:\n  name: apoda\n  alpha_cst: 0.5\n")
     cfg = load_config(child)  # asn's lambda_adv does not leak into apoda
-    assert isinstance(cfg.method, ApodaConfig)
+    assert isinstance(cfg.method, ApodaSettings)
     assert (cfg.method.alpha_cst, cfg.method.discriminator_width) == (0.5, 64)
     # the same rule for overrides: the file's method section gives way to the named method's
     cfg = load_config(child, ["method.lambda_ent=0.01", "method.name=minent"])
-    assert isinstance(cfg.method, OutputAdversarialConfig) and cfg.method.name == "minent"
+    assert isinstance(cfg.method, OutputAdversarialSettings) and cfg.method.name == "minent"
     assert (cfg.method.lambda_ent, cfg.method.discriminator_width) == (0.01, 64)
 
 
@@ -412,7 +415,7 @@ def test_saved_configs_of_earlier_versions_drop_the_keys_their_method_ignored(
     apoda = config_from_dict(
         {"method": {**LEGACY_METHOD, "name": "apoda", "alpha_cst": 0.3}}, saved=True
     )
-    assert isinstance(apoda.method, ApodaConfig) and apoda.method.alpha_cst == 0.3
+    assert isinstance(apoda.method, ApodaSettings) and apoda.method.alpha_cst == 0.3
     # only foreign method keys go: everything else is still checked
     with pytest.raises(ApodaError, match=r"optim\.lr must be > 0"):
         config_from_dict({"optim": {"lr": 0}, "method": dict(LEGACY_METHOD)}, saved=True)
@@ -463,13 +466,13 @@ def test_adabn_configs_equal_the_suites_overrides(family: str) -> None:
 def test_builtin_steps_2_3_share_the_families_settings() -> None:
     mini = {n: load_config(resolve_config(f"minicity/{n}")) for n in ("asn", "apoda")}
     assert mini["asn"].model.bn_mode == "frozen" and mini["apoda"].model.bn_mode == "train"
-    assert isinstance(mini["asn"].method, OutputAdversarialConfig)
+    assert isinstance(mini["asn"].method, OutputAdversarialSettings)
     assert mini["asn"].method.discriminator_width == 32 and mini["asn"].data.batch_size == 8
     pre = load_config(resolve_config("minicity/pretrain"))
     assert pre.data.source == "minicity_randomised" and pre.train.eval_every == 0
     vgg = load_config(resolve_config("gta5_to_cityscapes/apoda_vgg16"))
     assert vgg.model.arch == "vgg16" and vgg.name == "gta5_to_cityscapes-apoda_vgg16"
-    assert isinstance(vgg.method, ApodaConfig) and vgg.method.seg_loss == "lovasz"
+    assert isinstance(vgg.method, ApodaSettings) and vgg.method.seg_loss == "lovasz"
 
 
 # -- the command line ------------------------------------------------------------------------

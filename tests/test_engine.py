@@ -22,6 +22,7 @@ from apoda.configs import resolve_config
 from apoda.engine.trainer import Trainer
 from apoda.errors import ApodaError
 from apoda.methods import Method
+from apoda.methods.parts import SupervisedLoss
 from apoda.models.build import segmenter_from_config
 from apoda.runs import checkpoint_file
 from conftest import TINY
@@ -123,7 +124,7 @@ def test_existing_run_folder_is_refused(tmp_path: Path) -> None:
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    original = Method.seg_loss
+    original = SupervisedLoss.loss
     calls = {"n": 0}
 
     def poisoned(self, logits, labels, name=None):  # type: ignore[no-untyped-def]
@@ -131,7 +132,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path: Path, monk
         loss = original(self, logits, labels, name)
         return loss * float("nan") if calls["n"] == 5 else loss
 
-    monkeypatch.setattr(Method, "seg_loss", poisoned)
+    monkeypatch.setattr(SupervisedLoss, "loss", poisoned)
     run = tmp_path / "nan"
     with pytest.raises(ApodaError, match=r"iteration 5: non-finite value in loss/seg_source"):
         Trainer(_config(), run).fit()
@@ -145,7 +146,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(tmp_path: Path, monk
 
 
 def test_nonfinite_skip_counts_the_skipped_step(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    original = Method.seg_loss
+    original = SupervisedLoss.loss
     calls = {"n": 0}
 
     def poisoned(self, logits, labels, name=None):  # type: ignore[no-untyped-def]
@@ -153,7 +154,7 @@ def test_nonfinite_skip_counts_the_skipped_step(tmp_path: Path, monkeypatch) -> 
         loss = original(self, logits, labels, name)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(Method, "seg_loss", poisoned)
+    monkeypatch.setattr(SupervisedLoss, "loss", poisoned)
     metrics = Trainer(_config("train.nonfinite=skip"), tmp_path / "skip").fit()
     assert metrics["skipped_steps"] == 1
 

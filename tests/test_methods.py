@@ -115,8 +115,8 @@ def test_weighted_ce_takes_its_class_weights_from_the_source_statistics() -> Non
     for fractions in ([0.2] * C, [0.01, 0.4, 0.3, 0.2, 0.09]):
         method = build_method(copy.deepcopy(seg), cfg, torch.device("cpu"))
         method.prepare(RunContext(names, dict(zip(names, fractions, strict=True))))
-        assert method.class_weights is not None
-        assert torch.equal(method.class_weights, class_weights(fractions))
+        assert method.supervised.class_weights is not None
+        assert torch.equal(method.supervised.class_weights, class_weights(fractions))
         losses.append(method.train_step(src, tgt, 0)["loss/seg_source"].item())
     assert losses[0] != pytest.approx(losses[1])
 
@@ -146,7 +146,7 @@ def test_apoda_trains_f_and_d_only_and_eq9_adds_up() -> None:
     changed = _changed(before["segmenter"], method.segmenter)
     assert changed and all(k.startswith("head.") for k in changed)  # F = the ASPP head
     assert _changed(before["discriminator"], method.modules["discriminator"])
-    a = method.config.method
+    a = method.settings
     eq9 = (
         log["loss/seg_source_adv"]
         + log["loss/seg_source"]

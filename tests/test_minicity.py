@@ -19,6 +19,7 @@ from apoda.data.minicity import (
     MiniCityConfig,
     cache_dir,
     ensure_minicity,
+    folder_name,
     generate_minicity,
     render_scene,
 )
@@ -129,7 +130,7 @@ def test_ensure_regenerates_only_when_marker_missing_or_stale(
     monkeypatch.setattr(minicity, "generate_minicity", counting)
     monkeypatch.setenv("APODA_CACHE", str(tmp_path / "cache"))
     root = ensure_minicity(SMALL, progress=False)
-    assert root == tmp_path / "cache" / SMALL.folder_name()
+    assert root == tmp_path / "cache" / folder_name(SMALL)
     assert (root / MARKER).is_file() and len(calls) == 1
     stamp = (root / "source/images/00000.png").stat().st_mtime_ns
     assert ensure_minicity(SMALL, progress=False) == root and len(calls) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torchvision
 from torch import nn
 
 from apoda.errors import ApodaError
+from apoda.export import rounding_tolerance
 from apoda.models import (
     ASPPClassifier,
     Discriminator,
@@ -301,7 +303,7 @@ def test_bad_settings_raise() -> None:
         build_segmenter("small", 4, cut="layer3", multi_level=True)
     with pytest.raises(ApodaError, match="multi_level"):
         build_segmenter("small", 4)(torch.randn(1, 3, 16, 16), with_aux=True)
-    with pytest.raises(ApodaError, match="arch 'resnet50'"):
+    with pytest.raises(ApodaError, match=r"model\.arch: expected one of .*; got 'resnet50'"):
         build_segmenter("resnet50", 4)  # type: ignore[arg-type]
     with pytest.raises(ApodaError, match="bn_mode 'off'"):
         build_segmenter("small", 4, bn_mode="off")  # type: ignore[arg-type]
@@ -346,9 +348,21 @@ def test_checkpoint_keys_do_not_depend_on_the_cut(arch: str) -> None:
         assert torch.equal(layer2.classify(layer2.features(x), (32, 48)), layer4(x))
 
 
+def _matches_stored_logits(segmenter: Segmenter, state: dict[str, Any]) -> None:
+    """The segmenter's logits on the file's stored input equal the stored ones up to float32
+    rounding (the bound `apoda export` checks with: convolution sums are reordered by the
+    thread count and the CPU's kernels, so bit equality holds only on the machine that wrote
+    the file); a wrongly mapped key moves logits by whole units."""
+    x = state["reference"]["input"]
+    with torch.no_grad():
+        logits = segmenter.eval()(x)
+    bound = rounding_tolerance(segmenter, x).value
+    assert float((logits - state["reference"]["logits"]).abs().max()) <= bound
+
+
 def test_a_checkpoint_of_the_cut_dependent_layout_still_loads() -> None:
     """A file written by apoda 0.1 (keys `feature_extractor.*`, `classifier.backbone.*`,
-    `classifier.head.*`): its logits on its stored input are reproduced bit for bit."""
+    `classifier.head.*`): its logits on its stored input are reproduced."""
     from apoda.checkpoints import load_checkpoint
 
     state = load_checkpoint(Path(__file__).parent / "fixtures" / "legacy_small_layer4.pt")
@@ -357,9 +371,7 @@ def test_a_checkpoint_of_the_cut_dependent_layout_still_loads() -> None:
     for cut in ("layer4", "layer2"):
         seg = build_segmenter("small", 19, cut=cut, bn_mode="train")  # type: ignore[arg-type]
         seg.load_state_dict(weights)
-        with torch.no_grad():
-            logits = seg.eval()(state["reference"]["input"])
-        assert torch.equal(logits, state["reference"]["logits"])
+        _matches_stored_logits(seg, state)
 
 
 @pytest.mark.parametrize("arch", ["resnet101", "small"])
@@ -412,13 +424,11 @@ def test_discriminator_uses_leaky_relu_after_four_convs() -> None:
 def test_a_checkpoint_of_the_previous_format_loads_with_its_config() -> None:
     """Its saved config holds every method's keys under `method` (the old single section):
     they are dropped on load, the weights are renamed, the logits are reproduced."""
-    from apoda.config import SourceOnlyConfig
     from apoda.inference import load_segmenter
+    from apoda.methods.source_only import SourceOnlySettings
 
     path = Path(__file__).parent / "fixtures" / "legacy_small_layer4.pt"
     segmenter, config, state = load_segmenter(path)
     assert "lambda_adv" in state["config"]["method"]  # written by the old code
-    assert isinstance(config.method, SourceOnlyConfig)
-    with torch.no_grad():
-        logits = segmenter(state["reference"]["input"])
-    assert torch.equal(logits, state["reference"]["logits"])
+    assert isinstance(config.method, SourceOnlySettings)
+    _matches_stored_logits(segmenter, state)

@@ -3,9 +3,10 @@
 Every key and value is checked when a config is loaded: unknown keys, values of the wrong type,
 values outside a `Literal`'s choices, non-finite numbers and out-of-range settings are
 ApodaErrors of one line that name the key, the value and what is valid. The `method` section is
-one dataclass per method, chosen by `method.name` (a key another method owns is an error, not
-silently ignored). A YAML file may inherit from another with `_base_: other.yaml` (or from
-several, `_base_: [a.yaml, b.yaml]`), or from a built-in config, `_base_: minicity/apoda`."""
+the settings dataclass the method named by `method.name` registered with it (apoda.registry; a
+key another method owns is an error, not silently ignored). A YAML file may inherit from another
+with `_base_: other.yaml` (or from several, `_base_: [a.yaml, b.yaml]`), or from a built-in
+config, `_base_: minicity/apoda`; `imports:` names a user's own Python files or modules."""
 
 from __future__ import annotations
 
@@ -21,67 +22,54 @@ from typing import Any, Literal
 
 import yaml
 
-from apoda.attacks import AttackConfig, AttackName
 from apoda.configs import BUILTIN_PREFIX, builtin_config_file
-from apoda.data.minicity import MiniCityConfig
 from apoda.errors import ApodaError
-from apoda.losses import SegLossName
-from apoda.models.backbones import Arch, BNMode
-from apoda.models.segmenter import Cut
+from apoda.registry import BACKBONES, METHODS, get_dataset, import_user_modules
 
 __all__ = [
-    "METHOD_CONFIGS",
-    "SOURCES",
-    "TARGETS",
-    "AdaBNConfig",
-    "ApodaConfig",
-    "Arch",
-    "AttackName",
     "BNMode",
     "Config",
     "Cut",
     "DataConfig",
-    "MethodConfig",
+    "MiniCityConfig",
     "ModelConfig",
     "NonfiniteMode",
     "NormalisationMode",
     "OptimConfig",
-    "OutputAdversarialConfig",
     "SchemeName",
-    "SegLossName",
-    "SourceName",
-    "SourceOnlyConfig",
-    "TargetName",
     "TrainConfig",
     "apply_overrides",
+    "at_least_one",
+    "check_fields",
     "config_from_dict",
     "config_to_dict",
     "load_config",
     "load_config_data",
+    "non_negative",
+    "require",
     "save_config",
 ]
 
-# "cityscapes" and "minicity_target" as a source train on target labels: the oracle;
-# "minicity_randomised" is MiniCity's domain-randomised split (backbone pretraining);
-# "folder" is a dataset of one's own classes (apoda.data.folder: images/, labels/, classes.yaml).
-SourceName = Literal[
-    "gta5", "synthia", "minicity", "cityscapes", "minicity_target", "minicity_randomised", "folder"
-]
-TargetName = Literal["cityscapes", "minicity", "folder"]
-SOURCES: tuple[str, ...] = typing.get_args(SourceName)
-TARGETS: tuple[str, ...] = typing.get_args(TargetName)
 SchemeName = Literal["cityscapes19", "synthia16"]  # apoda.data.classes
 NormalisationMode = Literal["caffe", "imagenet"]  # apoda.data.transforms.NORMALISATION_MODES
 NonfiniteMode = Literal["stop", "skip"]
+BNMode = Literal["frozen", "legacy", "train"]
+"""How batch norms behave: `frozen` = affine parameters fixed and running statistics never
+updated (the layers stay in eval mode even in `model.train()`); `legacy` = affine parameters fixed
+but running statistics updated in train mode (what the reference code does); `train` = ordinary
+trainable batch norm."""
+Cut = Literal["pixel", "layer1", "layer2", "layer3", "layer4"]
+"""Where the segmenter is cut into G and F: after that backbone stage (`pixel`: G is the
+identity, the perturbation acts on the input image)."""
 
 
 # -- checks shared by the dataclasses' __post_init__ ---------------------------------------------
-def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+def require(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ApodaError(f"{key} must be {expected}, got {value!r}")
 
 
-def _check_fields(obj: Any, section: str) -> None:
+def check_fields(obj: Any, section: str) -> None:
     """Literal choices and finite floats of a dataclass built in code (loading checks them too)."""
     for name, tp in _fields(type(obj)).items():
         value = getattr(obj, name)
@@ -96,17 +84,59 @@ def _literal_error(where: str, value: Any, tp: Any) -> str:
     return f"{where}: expected one of {allowed}; got {value!r}"
 
 
-def _at_least_one(obj: Any, section: str, keys: typing.Iterable[str]) -> None:
+def at_least_one(obj: Any, section: str, keys: typing.Iterable[str]) -> None:
     for key in keys:
-        _require(getattr(obj, key) >= 1, f"{section}.{key}", getattr(obj, key), "at least 1")
+        require(getattr(obj, key) >= 1, f"{section}.{key}", getattr(obj, key), "at least 1")
 
 
-def _non_negative(obj: Any, section: str, keys: typing.Iterable[str]) -> None:
+def non_negative(obj: Any, section: str, keys: typing.Iterable[str]) -> None:
     for key in keys:
-        _require(getattr(obj, key) >= 0, f"{section}.{key}", getattr(obj, key), ">= 0")
+        require(getattr(obj, key) >= 0, f"{section}.{key}", getattr(obj, key), ">= 0")
 
 
 # -- sections ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MiniCityConfig:
+    """`data.minicity`: the size of each MiniCity split and of its images; `n_randomised` > 0
+    adds a domain-randomised split (apoda.data.minicity generates and caches it)."""
+
+    seed: int = 0
+    n_source: int = 2000
+    n_target_train: int = 2000
+    n_target_val: int = 500
+    height: int = 64
+    width: int = 128
+    n_randomised: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "seed",
+            "n_source",
+            "n_target_train",
+            "n_target_val",
+            "height",
+            "width",
+            "n_randomised",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ApodaError(f"MiniCityConfig.{name} must be an int, got {value!r}")
+        for name in ("n_source", "n_target_train", "n_target_val"):
+            if getattr(self, name) < 1:
+                raise ApodaError(
+                    f"MiniCityConfig.{name} must be at least 1, got {getattr(self, name)}"
+                )
+        if self.n_randomised < 0 or self.seed < 0:
+            raise ApodaError(
+                f"MiniCityConfig seed and n_randomised must be >= 0, got "
+                f"seed={self.seed}, n_randomised={self.n_randomised}"
+            )
+        if self.height < 16 or self.width < 16:
+            raise ApodaError(
+                f"MiniCityConfig image size must be at least 16x16, got {self.height}x{self.width}"
+            )
+
+
 @dataclass
 class DataConfig:
     """Which datasets, where, at which size (width, height), and how images are normalised.
@@ -114,8 +144,8 @@ class DataConfig:
     `scheme` names the classes of the built-in datasets; a `folder` source takes its classes
     from its own `classes.yaml` instead (and a `folder` target's must agree with them)."""
 
-    source: SourceName = "minicity"
-    target: TargetName = "minicity"
+    source: str = "minicity"  # a dataset registered as a source (apoda.registry.DATASETS)
+    target: str = "minicity"  # a dataset registered as a target
     source_root: str | None = None
     target_root: str | None = None
     scheme: SchemeName = "cityscapes19"
@@ -136,19 +166,21 @@ class DataConfig:
     minicity: MiniCityConfig = field(default_factory=MiniCityConfig)
 
     def __post_init__(self) -> None:
-        _check_fields(self, "data")
-        _at_least_one(self, "data", ["batch_size", "eval_batch_size"])
-        _non_negative(self, "data", ["num_workers"])
+        check_fields(self, "data")
+        for role in ("source", "target"):
+            get_dataset(getattr(self, role), role, f"data.{role}")
+        at_least_one(self, "data", ["batch_size", "eval_batch_size"])
+        non_negative(self, "data", ["num_workers"])
         for key in ("max_source", "max_target", "max_val"):
             value = getattr(self, key)
-            _require(value is None or value >= 1, f"data.{key}", value, "at least 1 (or null)")
+            require(value is None or value >= 1, f"data.{key}", value, "at least 1 (or null)")
 
 
 @dataclass
 class ModelConfig:
     """The segmenter G∘F and where it starts from."""
 
-    arch: Arch = "small"
+    arch: str = "small"
     cut: Cut = "layer4"
     multi_level: bool = False
     aspp_legacy: bool = False
@@ -157,7 +189,8 @@ class ModelConfig:
     init_from: str | None = None
 
     def __post_init__(self) -> None:
-        _check_fields(self, "model")
+        check_fields(self, "model")
+        BACKBONES.get(self.arch, what="model.arch")
 
 
 @dataclass
@@ -173,89 +206,11 @@ class OptimConfig:
     poly_power: float = 0.9
 
     def __post_init__(self) -> None:
-        _check_fields(self, "optim")
+        check_fields(self, "optim")
         for key in ("lr", "d_lr"):
-            _require(getattr(self, key) > 0, f"optim.{key}", getattr(self, key), "> 0")
-        _require(0 <= self.momentum < 1, "optim.momentum", self.momentum, "in [0, 1)")
-        _non_negative(self, "optim", ["weight_decay", "poly_power"])
-
-
-# -- the method section: one dataclass per method, chosen by `name` ------------------------------
-@dataclass
-class SourceOnlyConfig:
-    """Step 1 and the source-only baselines: L_seg on source (+ aux head at `lambda_seg_aux`
-    with `model.multi_level`), plus target entropy at `lambda_ent` when it is > 0."""
-
-    name: Literal["source_only"] = "source_only"
-    seg_loss: SegLossName = "ce"
-    lambda_seg_aux: float = 0.1
-    lambda_ent: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check_fields(self, "method")
-        _non_negative(self, "method", ["lambda_seg_aux", "lambda_ent"])
-
-
-@dataclass
-class OutputAdversarialConfig:
-    """Output-space methods: AdaptSegNet (asn), AdvEnt, MinEnt and AdvEnt+MinEnt. D (of width
-    `discriminator_width`) at `lambda_adv` (`lambda_adv_aux` on the aux head), entropy at
-    `lambda_ent` for the MinEnt variants."""
-
-    name: Literal["asn", "advent", "minent", "advent_minent"] = "asn"
-    seg_loss: SegLossName = "ce"
-    lambda_seg_aux: float = 0.1
-    lambda_ent: float = 0.0
-    discriminator_width: int = 64
-    lambda_adv: float = 0.001
-    lambda_adv_aux: float = 0.0002
-
-    def __post_init__(self) -> None:
-        _check_fields(self, "method")
-        _non_negative(self, "method", ["lambda_seg_aux", "lambda_ent", "lambda_adv"])
-        _non_negative(self, "method", ["lambda_adv_aux"])
-        _at_least_one(self, "method", ["discriminator_width"])
-
-
-@dataclass
-class ApodaConfig:
-    """APODA steps 2-3 (Eq. 9): G frozen, F and D against feature perturbations (`attack`)."""
-
-    name: Literal["apoda"] = "apoda"
-    seg_loss: SegLossName = "ce"
-    discriminator_width: int = 64
-    alpha_cst: float = 0.2
-    alpha_ent: float = 0.002
-    alpha_ent_adv: float = 0.0005
-    attack: AttackConfig = field(default_factory=AttackConfig)
-
-    def __post_init__(self) -> None:
-        _check_fields(self, "method")
-        _non_negative(self, "method", ["alpha_cst", "alpha_ent", "alpha_ent_adv"])
-        _at_least_one(self, "method", ["discriminator_width"])
-
-
-@dataclass
-class AdaBNConfig:
-    """AdaBN: G's batch-norm statistics re-estimated on target (needs `model.bn_mode: train`);
-    nothing is trained, so it has no setting besides its name."""
-
-    name: Literal["adabn"] = "adabn"
-
-    def __post_init__(self) -> None:
-        _check_fields(self, "method")
-
-
-MethodConfig = SourceOnlyConfig | OutputAdversarialConfig | ApodaConfig | AdaBNConfig
-"""The `method` section: the dataclass whose `name` Literal holds `method.name` (a mapping
-without `name` is source_only, the first)."""
-
-METHOD_CONFIGS: dict[str, type] = {
-    name: cls
-    for cls in typing.get_args(MethodConfig)
-    for name in typing.get_args(typing.get_type_hints(cls)["name"])
-}
-"""Each `method.name` and its dataclass."""
+            require(getattr(self, key) > 0, f"optim.{key}", getattr(self, key), "> 0")
+        require(0 <= self.momentum < 1, "optim.momentum", self.momentum, "in [0, 1)")
+        non_negative(self, "optim", ["weight_decay", "poly_power"])
 
 
 @dataclass
@@ -279,10 +234,10 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _check_fields(self, "train")
-        _at_least_one(self, "train", ["iterations", "log_every", "checkpoint_every"])
+        check_fields(self, "train")
+        at_least_one(self, "train", ["iterations", "log_every", "checkpoint_every"])
         for key in ("eval_every", "samples"):
-            _require(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "0 (off) or more")
+            require(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "0 (off) or more")
         if self.select_best and self.eval_every == 0:
             raise ApodaError(
                 "train.select_best=true needs train.eval_every >= 1: with eval_every=0 the run "
@@ -292,14 +247,26 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    """A whole run."""
+    """A whole run. `method` holds the settings dataclass that the method named by
+    `method.name` registered (apoda.registry.METHODS; source_only when none is named);
+    `imports` are the user's Python files or modules that register their own methods,
+    datasets or backbones (imported before the rest is checked)."""
 
     name: str = "run"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    method: MethodConfig = field(default_factory=SourceOnlyConfig)
+    method: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    imports: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.method is None:
+            self.method = METHODS.get(DEFAULT_METHOD).settings()
+
+
+DEFAULT_METHOD = "source_only"
+"""The method of a config whose `method` section names none."""
 
 
 # -- checking nested dicts against the dataclasses -----------------------------------------------
@@ -315,7 +282,7 @@ def _fields(cls: type) -> dict[str, Any]:
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the type hint `tp` (int, float, str, bool, Literal[...], list[...],
-    a dataclass, X | None, or a union of dataclasses told apart by their `name` Literal)."""
+    a dataclass, X | None)."""
     origin = typing.get_origin(tp)
     if origin is Literal:
         if any(type(value) is type(a) and value == a for a in typing.get_args(tp)):
@@ -325,10 +292,6 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         options = [o for o in typing.get_args(tp) if o is not type(None)]
         if value is None and len(options) < len(typing.get_args(tp)):
             return None
-        if len(options) > 1 and all(
-            dataclasses.is_dataclass(o) and "name" in _fields(o) for o in options
-        ):
-            return _from_tagged(options, value, where)
         errors = []
         for option in options:
             try:
@@ -374,19 +337,16 @@ def _to_float(value: Any) -> float | None:
         return math.inf
 
 
-def _from_tagged(options: list[Any], value: Any, where: str) -> Any:
-    """The option whose `name` Literal holds `value["name"]` (missing: the first option)."""
-    by_name = {n: cls for cls in options for n in typing.get_args(_fields(cls)["name"])}
+def _method_settings(value: Any, where: str = "method") -> Any:
+    """The settings dataclass of the method `value["name"]` names (missing: source_only),
+    built from `value`; the registry knows each method's class (apoda.registry.METHODS)."""
+    names = ", ".join(METHODS.names())
     if not isinstance(value, dict):
-        raise ApodaError(
-            f"{where}: expected a mapping with a name (one of {', '.join(by_name)}), got {value!r}"
-        )
-    name = value.get("name", next(iter(by_name)))
-    if not isinstance(name, str) or name not in by_name:
-        raise ApodaError(
-            f"{where}.name: unknown {where} {name!r}; expected one of {', '.join(by_name)}"
-        )
-    return _from_dict(by_name[name], value, where, tag=name)
+        raise ApodaError(f"{where}: expected a mapping with a name (one of {names}), got {value!r}")
+    name = value.get("name", DEFAULT_METHOD)
+    if not isinstance(name, str) or name not in METHODS:
+        raise ApodaError(f"{where}.name: unknown {where} {name!r}; expected one of {names}")
+    return _from_dict(METHODS.get(name).settings, value, where, tag=name)
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str, tag: str | None = None) -> Any:
@@ -400,7 +360,11 @@ def _from_dict(cls: type, data: dict[str, Any], where: str, tag: str | None = No
             raise ApodaError(f"{key} is not a setting of {where} {tag!r}; {valid}")
         raise ApodaError(f"unknown config key {key}; valid keys here: {', '.join(sorted(known))}")
     kwargs = {
-        name: _coerce(value, known[name], f"{where}.{name}" if where else name)
+        name: (
+            _method_settings(value)
+            if cls is Config and name == "method"
+            else _coerce(value, known[name], f"{where}.{name}" if where else name)
+        )
         for name, value in data.items()
     }
     return cls(**kwargs)
@@ -413,7 +377,7 @@ def _method_name(method: Any, default: str = "source_only") -> Any:
 def _drop_foreign_method_keys(data: dict[str, Any]) -> dict[str, Any]:
     method = data.get("method")
     name = _method_name(method)
-    cls = METHOD_CONFIGS.get(name) if isinstance(name, str) else None
+    cls = METHODS.get(name).settings if isinstance(name, str) and name in METHODS else None
     if cls is None or not isinstance(method, dict):
         return data  # an unknown name: the check reports it
     return {**data, "method": {k: v for k, v in method.items() if k in _fields(cls)}}
@@ -431,14 +395,25 @@ def config_from_dict(data: dict[str, Any] | None, *, saved: bool = False) -> Con
     data = data or {}
     if not isinstance(data, dict):
         raise ApodaError(f"a config is a mapping of sections, got {data!r}")
+    if data.get("imports"):
+        imports = data["imports"]
+        if not isinstance(imports, list):
+            raise ApodaError(
+                f"imports: expected a list of Python files or modules; got {imports!r}"
+            )
+        data = {**data, "imports": import_user_modules(imports)}
     if saved:
         data = _drop_foreign_method_keys(data)
     return _from_dict(Config, data, "")
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
-    """The resolved config as plain nested dicts (what `config.yaml` in a run folder holds)."""
-    return dataclasses.asdict(config)
+    """The resolved config as plain nested dicts (what `config.yaml` in a run folder holds);
+    `imports` only when the config has some."""
+    data = dataclasses.asdict(config)
+    if not data["imports"]:
+        del data["imports"]
+    return data
 
 
 # -- YAML files, inheritance and overrides -------------------------------------------------------
@@ -533,12 +508,22 @@ def _base_file(path: Path, name: str) -> Path:
     )
 
 
+def _import_beside(name: Any, folder: Path) -> Any:
+    """An `imports:` entry as an absolute path when it names a Python file relative to `folder`
+    (modules and other values as they are; the check reports a wrong one)."""
+    if isinstance(name, str) and name.endswith(".py") and not Path(name).is_absolute():
+        return str((folder / name).resolve())
+    return name
+
+
 def _load_with_bases(path: Path, chain: tuple[Path, ...], shown: tuple[str, ...]) -> dict:
     resolved = path.resolve()
     if resolved in chain:
         cycle = " -> ".join((*shown[chain.index(resolved) :], str(path)))
         raise ApodaError(f"config files inherit from each other in a cycle: {cycle}")
     data = _read_yaml(path)
+    if isinstance(data.get("imports"), list):  # a file named relative to this YAML
+        data["imports"] = [_import_beside(name, path.parent) for name in data["imports"]]
     base = data.pop("_base_", None)
     if base is None:
         return data

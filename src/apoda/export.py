@@ -48,7 +48,7 @@ from apoda.config import Config
 from apoda.data.classes import ClassScheme, custom_scheme
 from apoda.data.folder import ClassList
 from apoda.data.io import read_rgb
-from apoda.data.minicity import cache_dir
+from apoda.data.minicity import cache_dir, folder_name
 from apoda.data.transforms import (
     CAFFE_MEAN_BGR,
     IMAGENET_MEAN,
@@ -57,7 +57,7 @@ from apoda.data.transforms import (
     resize_image,
 )
 from apoda.errors import ApodaError
-from apoda.inference import IMAGE_SUFFIXES, checkpoint_scheme, load_segmenter
+from apoda.inference import IMAGE_SUFFIXES, checkpoint_scheme, has_own_classes, load_segmenter
 from apoda.models.efficientnet import SameConv2d
 from apoda.models.segmenter import ALIGN_CORNERS, Segmenter
 from apoda.runs import checkpoint_file, writable_folder
@@ -257,7 +257,7 @@ def sample_image(config: Config, size: str | None) -> tuple[np.ndarray, str]:
     generated or downloaded), else a fixed-seed synthetic one."""
     data = config.data
     if data.target == "minicity":
-        root: Path | None = cache_dir() / data.minicity.folder_name() / "target"
+        root: Path | None = cache_dir() / folder_name(data.minicity) / "target"
     else:
         root = Path(data.target_root) if data.target_root else None
     pattern = VAL_IMAGES.get(data.target)
@@ -367,7 +367,7 @@ def _metadata(
         },
         "classes": {
             "scheme": scheme.name,
-            "own": config.data.source == "folder",  # a classes.yaml's, not a built-in scheme
+            "own": has_own_classes(config),  # a classes.yaml's, not a built-in scheme
             "names": list(scheme.class_names),
             "colors": [list(color) for color in scheme.colors],
         },

@@ -35,10 +35,16 @@ def checkpoint_classes(state: dict[str, Any], config: Config, path: Path) -> Cla
     return parse_classes(record, f"checkpoint {path}")
 
 
+def has_own_classes(config: Config) -> bool:
+    """Whether a run's source brings its own class list (a folder's classes.yaml) rather than
+    a built-in scheme."""
+    return DATASETS.get(config.data.source).classes is not None
+
+
 def checkpoint_scheme(state: dict[str, Any], config: Config, path: Path) -> ClassScheme:
     """The classes a checkpoint predicts: the class list of a run whose source has its own
     (folder), else the built-in scheme its config names (with the raw-id tables of real data)."""
-    if DATASETS.get(config.data.source).classes is None:
+    if not has_own_classes(config):
         return get_scheme(config.data.scheme)
     return checkpoint_classes(state, config, path).scheme
 

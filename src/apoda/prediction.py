@@ -49,7 +49,7 @@ from apoda.data.transforms import Normalisation, resize_image
 from apoda.distributed import resolve_device
 from apoda.errors import ApodaError
 from apoda.export import exported_format, load_exported
-from apoda.inference import IMAGE_SUFFIXES, checkpoint_scheme, load_segmenter
+from apoda.inference import IMAGE_SUFFIXES, checkpoint_scheme, has_own_classes, load_segmenter
 from apoda.models import upsample_logits
 from apoda.runs import checkpoint_file, writable_folder
 
@@ -187,7 +187,7 @@ def _open_network(checkpoint: str | Path) -> _Network:
         Normalisation(config.data.normalisation),
         (int(size[0]), int(size[1])) if size else None,
         np.asarray(scheme.colors, dtype=np.uint8),
-        ClassList.from_scheme(scheme) if config.data.source == "folder" else None,
+        ClassList.from_scheme(scheme) if has_own_classes(config) else None,
     )
 
 

@@ -20,6 +20,9 @@ from typing import Any, Generic, TypeVar
 from apoda.errors import ApodaError
 
 T = TypeVar("T")
+B = TypeVar("B", bound=Callable[..., Any])
+USER_MODULE_PREFIX = "apoda_user_"
+"""The module names a config's `imports:` files are imported under."""
 
 
 class Registry(Generic[T]):
@@ -39,10 +42,14 @@ class Registry(Generic[T]):
                 importlib.import_module(module)
 
     def add(self, name: str, entry: T) -> T:
-        """Register `entry` under `name`; a name taken by another entry is an error."""
+        """Register `entry` under `name`; a name taken by another entry is an error. The
+        built-ins are registered first, so they are listed first and keep their names."""
+        self._load_builtins()
         old = self._entries.get(name)
-        if old is not None and old is not entry and _origin(old) != _origin(entry):
-            raise ApodaError(f"{self.kind} {name!r} is registered twice ({_origin(old)})")
+        if old is not None and not _same_definition(old, entry):
+            raise ApodaError(
+                f"{self.kind} {name!r} is registered twice ({_origin(old)}, {_origin(entry)})"
+            )
         self._entries[name] = entry
         return entry
 
@@ -69,9 +76,22 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
+def _same_definition(old: object, new: object) -> bool:
+    """Whether `new` re-registers `old`: the same object, or the same user-file definition
+    imported again from another path (the later one wins). A built-in name is never taken."""
+    if old is new or _origin(old) == _origin(new):
+        return True
+    old_module, new_module = (_origin(e).split(".", 1) for e in (old, new))
+    return (
+        old_module[0].startswith(USER_MODULE_PREFIX)
+        and new_module[0].startswith(USER_MODULE_PREFIX)
+        and old_module[1] == new_module[1]
+    )
+
+
 def _origin(entry: object) -> str:
     """Where an entry was defined (module and name), for the twice-registered error."""
-    target = getattr(entry, "cls", entry)
+    target = getattr(entry, "cls", None) or getattr(entry, "build", entry)
     return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', '?')}"
 
 
@@ -93,9 +113,31 @@ class BackboneEntry:
     new_layers: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A dataset: `build(root, split, labels, **options)` reads one split of it (`labels`: the
+    run's ClassScheme, or the ClassList `classes` gave; the options: docs/extending.md).
+
+    `roles`: what a run may use it as (`source`, `target`); `source_split`: the split a source
+    reads; `locate(data, folder)`: where a generated dataset is (else `data.source_root` or
+    `data.target_root`); `classes(root, fallback)`: the class list a dataset of its own classes
+    reads labels with (else `data.scheme`); `check(root, classes, role, data)`: a fast check
+    before training; `scored`: `apoda eval` and `apoda data stats` take it; `default_scheme`:
+    the scheme those read it with when no config names one."""
+
+    build: Callable[..., Any]
+    roles: tuple[str, ...] = ("source",)
+    source_split: str = "train"
+    locate: Callable[[Any, str | None], Any] | None = None
+    classes: Callable[[Any, Any], Any] | None = None
+    check: Callable[[Any, Any, str, Any], None] | None = None
+    scored: bool = True
+    default_scheme: str = "cityscapes19"
+
+
 METHODS: Registry[MethodEntry] = Registry("method", ["apoda.methods"])
 BACKBONES: Registry[BackboneEntry] = Registry("model.arch", ["apoda.models.backbones"])
-DATASETS: Registry[Any] = Registry("dataset", ["apoda.data.datasets"])
+DATASETS: Registry[DatasetEntry] = Registry("dataset", ["apoda.data.datasets"])
 
 
 def register_method(name: str, settings: type) -> Callable[[type[T]], type[T]]:
@@ -111,14 +153,57 @@ def register_method(name: str, settings: type) -> Callable[[type[T]], type[T]]:
 
 def register_backbone(
     name: str, default_bn_mode: str, new_layers: tuple[str, ...] = ()
-) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+) -> Callable[[B], B]:
     """Function decorator: register `build(bn_mode) -> Backbone` under `model.arch: name`."""
 
-    def add(build: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def add(build: B) -> B:
         BACKBONES.add(name, BackboneEntry(build, default_bn_mode, new_layers))
         return build
 
     return add
+
+
+DATASET_ROLES = ("source", "target")
+_CANNOT = {"source": "be a source", "target": "be a target", "scored": "be scored"}
+
+
+def register_dataset(
+    name: str, roles: tuple[str, ...] = ("source",), **options: Any
+) -> Callable[[B], B]:
+    """Function decorator: register `build(root, split, labels, **options)` under the name a
+    config's `data.source`/`data.target` types; `options`: DatasetEntry's other fields."""
+    unknown = [role for role in roles if role not in DATASET_ROLES]
+    if not roles or unknown:
+        raise ApodaError(f"dataset {name!r}: roles must be among {DATASET_ROLES}, got {roles!r}")
+
+    def add(build: B) -> B:
+        DATASETS.add(name, DatasetEntry(build, tuple(roles), **options))
+        return build
+
+    return add
+
+
+def dataset_names(role: str) -> tuple[str, ...]:
+    """The datasets that can be a run's `role` (`source`, `target`), or that `apoda eval` and
+    `apoda data stats` take (`scored`): built-in first, in registration order."""
+    entries = {name: DATASETS.get(name) for name in DATASETS.names()}
+    if role == "scored":
+        return tuple(name for name, entry in entries.items() if entry.scored)
+    return tuple(name for name, entry in entries.items() if role in entry.roles)
+
+
+def get_dataset(name: str, role: str, what: str) -> DatasetEntry:
+    """The dataset `name` if it can play `role`, else a one-line error naming `what` (the key
+    or option), the datasets that can, and `name`."""
+    names = dataset_names(role)
+    if name not in names:
+        hint = (
+            f"{name!r} cannot {_CANNOT[role]}"
+            if name in DATASETS
+            else "your own: a file listed under `imports:` in the config, docs/extending.md"
+        )
+        raise ApodaError(f"{what}: expected one of {', '.join(names)}; got {name!r} ({hint})")
+    return DATASETS.get(name)
 
 
 def import_user_modules(names: Sequence[str], base: Path | None = None) -> list[str]:
@@ -146,7 +231,7 @@ def _import_file(path: Path) -> Path:
     if not path.is_file():
         raise ApodaError(f"imports: {path} does not exist; expected a Python file")
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
-    module_name = f"apoda_user_{path.stem}_{digest}"
+    module_name = f"{USER_MODULE_PREFIX}{path.stem}_{digest}"
     if module_name in sys.modules:
         return path
     spec = importlib.util.spec_from_file_location(module_name, path)

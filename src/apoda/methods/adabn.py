@@ -5,25 +5,44 @@ images through train-mode batch norm (ASN, AdvEnt with `model.bn_mode: train`) g
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Literal
+
 import torch
 from torch import nn
 
+from apoda.config import check_fields
 from apoda.errors import ApodaError
-from apoda.methods.base import Batch, Method, StepLog
+from apoda.methods.base import Batch, LoopSettings, Method, StepLog
+from apoda.models import Segmenter
+from apoda.registry import register_method
 
 
-class TargetBatchNorm(Method):
+@dataclass
+class AdaBNSettings:
+    """AdaBN: G's batch-norm statistics re-estimated on target (needs `model.bn_mode: train`);
+    nothing is trained, so it has no setting besides its name."""
+
+    name: Literal["adabn"] = "adabn"
+
+    def __post_init__(self) -> None:
+        check_fields(self, "method")
+
+
+@register_method("adabn", AdaBNSettings)
+class AdaBN(Method):
     """Replace every BN layer's running statistics by their average over target batches."""
 
     name = "adabn"
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
+    def __init__(self, segmenter: Segmenter, settings: Any, loop: LoopSettings) -> None:
+        super().__init__(segmenter, settings, loop)
         self.norms = [m for m in self.segmenter.modules() if isinstance(m, nn.BatchNorm2d)]
-        if self.config.model.bn_mode != "train" or not self.norms:
+        bn_mode = loop.model.bn_mode
+        if bn_mode != "train" or not self.norms:
             raise ApodaError(
                 "method adabn re-estimates batch-norm statistics: it needs model.bn_mode=train "
-                f"and a backbone with batch norm (got bn_mode={self.config.model.bn_mode!r}, "
+                f"and a backbone with batch norm (got bn_mode={bn_mode!r}, "
                 f"{len(self.norms)} batch-norm layers)"
             )
         for norm in self.norms:

@@ -1,5 +1,5 @@
-"""What every method shares: the segmenter, the optimisers it owns, mixed precision, and the
-supervised segmentation loss (with the optional multi-level auxiliary head)."""
+"""What every method shares: the segmenter, the optimisers it owns, mixed precision, the
+guarded backward step and its state in checkpoints (the losses are parts, `methods.parts`)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from apoda.checkpoints import load_module_state
-from apoda.config import Config
-from apoda.distributed import average_gradients, global_mean_denominator
-from apoda.losses import IGNORE_INDEX, class_weights, segmentation_loss
-from apoda.models import Discriminator, Segmenter, upsample_logits
+from apoda.config import ModelConfig, OptimConfig
+from apoda.distributed import average_gradients
+from apoda.models import Segmenter
 from apoda.models.segmenter import upgrade_state_keys
 
 Batch = dict[str, Tensor]
@@ -41,30 +39,43 @@ class RunContext:
     """Each class's share of labelled source pixels (the source statistics)."""
 
 
+@dataclass
+class LoopSettings:
+    """What the training loop gives every method besides its own settings: the optimiser
+    settings, bf16 autocast, the non-finite rule, the device, and the model section (how the
+    segmenter was built and where its weights came from)."""
+
+    optim: OptimConfig
+    model: ModelConfig
+    device: torch.device
+    amp: bool = True
+    nonfinite: str = "stop"
+
+
 class Method(ABC):
     """One adaptation method: owns its modules, optimisers and counters and takes one step.
 
     The training loop owns data, schedule, evaluation, checkpoints and logs; it calls
     `prepare` once, then `train_step`, and saves and restores the method through
-    `state_dict` / `load_state_dict`. It knows no method by name.
+    `state_dict` / `load_state_dict`. It knows no method by name. A subclass registers itself
+    with its settings dataclass (`apoda.registry.register_method`) and reads only those.
     """
 
     name: ClassVar[str] = "method"
 
-    def __init__(self, segmenter: Segmenter, config: Config, device: torch.device) -> None:
+    def __init__(self, segmenter: Segmenter, settings: Any, loop: LoopSettings) -> None:
         self.segmenter = segmenter
-        self.config = config
-        self.device = device
-        self.class_weights: Tensor | None = None
+        self.settings = settings
+        self.loop = loop
+        self.device = loop.device
         self.modules: dict[str, nn.Module] = {"segmenter": segmenter}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.skipped_steps = 0
 
     def prepare(self, context: RunContext) -> None:
-        """Take what the method needs from the data: class weights for `seg_loss: wce`."""
-        if getattr(self.config.method, "seg_loss", None) == "wce":
-            fractions = [context.source_pixel_fraction.get(n, 0.0) for n in context.class_names]
-            self.class_weights = class_weights(fractions)
+        """Take what the method needs from the run's data before its first step (by default
+        nothing)."""
+        del context
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -85,69 +96,20 @@ class Method(ABC):
 
     # -- helpers shared by the methods -------------------------------------------------------
     def autocast(self) -> AbstractContextManager[object]:
-        """bf16 autocast on CUDA when the config asks for it; float32 everywhere else."""
-        if self.device.type == "cuda" and self.config.train.amp and torch.cuda.is_bf16_supported():
+        """bf16 autocast on CUDA when the loop asks for it; float32 everywhere else."""
+        if self.device.type == "cuda" and self.loop.amp and torch.cuda.is_bf16_supported():
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
     def segmenter_optimizer(self) -> torch.optim.Optimizer:
         """SGD over the segmenter's trainable parameters (classifier at `classifier_lr_mult`)."""
-        optim = self.config.optim
+        optim = self.loop.optim
         groups = self.segmenter.parameter_groups(
             optim.lr, classifier_lr_mult=optim.classifier_lr_mult
         )
         return torch.optim.SGD(
             groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
         )
-
-    def discriminator(self) -> tuple[Discriminator, torch.optim.Optimizer]:
-        """A fresh D on C-channel maps and its Adam optimiser (lr 1e-4, betas 0.9/0.99)."""
-        width = self.config.method.discriminator_width
-        disc = Discriminator(self.segmenter.num_classes, ndf=width).to(self.device)
-        optim = self.config.optim
-        opt = torch.optim.Adam(disc.parameters(), lr=optim.d_lr, betas=tuple(optim.d_betas))
-        return disc, opt
-
-    def seg_loss(self, logits: Tensor, labels: Tensor, name: str | None = None) -> Tensor:
-        """L_seg in float32 at the label's size."""
-        logits = upsample_logits(logits, labels.shape[1:]).float()
-        name = name or self.config.method.seg_loss
-        weighted = name == "wce" and self.class_weights is not None
-        if name == "ce" or weighted:
-            # Sum over labelled pixels / the mean count over ranks: in one process the plain
-            # mean; under DDP the averaged gradient then equals the 1-process one exactly
-            # (one formula for both, so 1 and R processes also round alike).
-            weight = self.class_weights.to(logits.device) if weighted else None
-            total = F.cross_entropy(
-                logits, labels, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum"
-            )
-            valid = labels[labels != IGNORE_INDEX]
-            count = weight[valid].sum() if weight is not None else valid.new_tensor(valid.numel())
-            return total / global_mean_denominator(count.float())
-        return segmentation_loss(name, logits, labels, self.class_weights)
-
-    def supervised_loss(
-        self, image: Tensor, labels: Tensor, log: StepLog
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Source L_seg (+ aux head at `lambda_seg_aux`); returns (loss, logits, aux logits)."""
-        aux = None
-        if self.config.model.multi_level:
-            logits, aux = self.segmenter(image, with_aux=True)
-            loss_aux = self.seg_loss(aux, labels)
-            log["loss/seg_source_aux"] = loss_aux.detach()
-            weight = self.config.method.lambda_seg_aux
-            loss = self.seg_loss(logits, labels) + weight * loss_aux
-        else:
-            logits = self.segmenter(image)
-            loss = self.seg_loss(logits, labels)
-        log["loss/seg_source"] = loss.detach()
-        return loss, logits, aux
-
-    def target_outputs(self, image: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Target logits (and aux logits with the multi-level head)."""
-        if self.config.model.multi_level:
-            return self.segmenter(image, with_aux=True)
-        return self.segmenter(image), None
 
     def backward_step(self, loss: Tensor, terms: StepLog, optimizers: list[str]) -> bool:
         """Backward, average gradients over ranks, guard against non-finite values, step.
@@ -170,7 +132,7 @@ class Method(ABC):
             what = bad[0] if bad else ("the loss" if not torch.isfinite(loss) else "a gradient")
             for name in optimizers:
                 self.optimizers[name].zero_grad(set_to_none=True)
-            if self.config.train.nonfinite == "skip":
+            if self.loop.nonfinite == "skip":
                 self.skipped_steps += 1
                 return False
             raise NonFiniteError(what)

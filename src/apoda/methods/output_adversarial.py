@@ -1,40 +1,74 @@
 """Output-space adversarial baselines: AdaptSegNet ("ASN", D on softmax outputs), AdvEnt (D on
 the weighted self-information map), MinEnt and AdvEnt+MinEnt; ASN + weighted CE and ASN + Lovász
-are ASN with another `seg_loss`."""
+are ASN with another `seg_loss`. The four share one settings dataclass."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Literal
+
 from torch import Tensor
 
-from apoda.config import OutputAdversarialConfig
+from apoda.config import at_least_one, check_fields, non_negative
 from apoda.errors import ApodaError
-from apoda.losses import domain_loss, entropy_loss, self_information
-from apoda.methods.base import Batch, Method, StepLog
+from apoda.losses import SegLossName, domain_loss, entropy_loss, self_information
+from apoda.methods.base import Batch, LoopSettings, Method, RunContext, StepLog
+from apoda.methods.parts import SupervisedLoss, new_discriminator, target_outputs
+from apoda.models import Segmenter
+from apoda.registry import register_method
 
 
-class OutputAdversarial(Method):
+@dataclass
+class OutputAdversarialSettings:
+    """Output-space methods: AdaptSegNet (asn), AdvEnt, MinEnt and AdvEnt+MinEnt. D (of width
+    `discriminator_width`) at `lambda_adv` (`lambda_adv_aux` on the aux head), entropy at
+    `lambda_ent` for the MinEnt variants."""
+
+    name: Literal["asn", "advent", "minent", "advent_minent"] = "asn"
+    seg_loss: SegLossName = "ce"
+    lambda_seg_aux: float = 0.1
+    lambda_ent: float = 0.0
+    discriminator_width: int = 64
+    lambda_adv: float = 0.001
+    lambda_adv_aux: float = 0.0002
+
+    def __post_init__(self) -> None:
+        check_fields(self, "method")
+        non_negative(self, "method", ["lambda_seg_aux", "lambda_ent", "lambda_adv"])
+        non_negative(self, "method", ["lambda_adv_aux"])
+        at_least_one(self, "method", ["discriminator_width"])
+
+
+@register_method("asn", OutputAdversarialSettings)
+class ASN(Method):
     """G and F learn L_seg(source) + lambda_adv * (fool D on target outputs); D learns Eq. (2).
     `lambda_ent > 0` adds target entropy (Eq. 8) to any of them (Table 5's "ASN + entropy")."""
 
     name = "asn"
+    settings: OutputAdversarialSettings
     discriminator_input = "softmax"
     adversarial = True
     needs_entropy = False
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
-        self.settings: OutputAdversarialConfig = self.config.method  # type: ignore[assignment]
-        if self.needs_entropy and self.settings.lambda_ent <= 0:
+    def __init__(self, segmenter: Segmenter, settings: Any, loop: LoopSettings) -> None:
+        super().__init__(segmenter, settings, loop)
+        if self.needs_entropy and settings.lambda_ent <= 0:
             raise ApodaError(
                 f"method {self.name} needs method.lambda_ent > 0 (the field uses 0.001)"
             )
+        self.supervised = SupervisedLoss(segmenter, settings.seg_loss, settings.lambda_seg_aux)
         self.optimizers["segmenter"] = self.segmenter_optimizer()
-        heads = ["main", "aux"] if self.config.model.multi_level else ["main"]
+        heads = ["main", "aux"] if segmenter.aux_head is not None else ["main"]
         if self.adversarial:
             for head in heads:
-                disc, opt = self.discriminator()
+                disc, opt = new_discriminator(
+                    segmenter.num_classes, settings.discriminator_width, loop.optim, self.device
+                )
                 self.modules[f"discriminator_{head}"] = disc
                 self.optimizers[f"discriminator_{head}"] = opt
+
+    def prepare(self, context: RunContext) -> None:
+        self.supervised.prepare(context.class_names, context.source_pixel_fraction)
 
     def d_input(self, logits: Tensor) -> Tensor:
         """What D sees: the softmax (ASN) or the self-information map (AdvEnt)."""
@@ -54,8 +88,8 @@ class OutputAdversarial(Method):
         for disc in discs.values():
             disc.requires_grad_(False)
         with self.autocast():
-            loss, logits_s, aux_s = self.supervised_loss(source["image"], source["label"], log)
-            logits_t, aux_t = self.target_outputs(target["image"])
+            loss, logits_s, aux_s = self.supervised(source["image"], source["label"], log)
+            logits_t, aux_t = target_outputs(self.segmenter, target["image"])
             outputs = {"main": (logits_s, logits_t), "aux": (aux_s, aux_t)}
             weights = {"main": method.lambda_adv, "aux": method.lambda_adv_aux}
             for head, disc in discs.items():
@@ -84,14 +118,16 @@ class OutputAdversarial(Method):
         return log
 
 
-class AdvEnt(OutputAdversarial):
+@register_method("advent", OutputAdversarialSettings)
+class AdvEnt(ASN):
     """AdvEnt: D on -p log p / log C instead of the softmax."""
 
     name = "advent"
     discriminator_input = "self_information"
 
 
-class MinEnt(OutputAdversarial):
+@register_method("minent", OutputAdversarialSettings)
+class MinEnt(ASN):
     """MinEnt: entropy minimisation on target (lambda_ent), no discriminator."""
 
     name = "minent"
@@ -99,6 +135,7 @@ class MinEnt(OutputAdversarial):
     needs_entropy = True
 
 
+@register_method("advent_minent", OutputAdversarialSettings)
 class AdvEntMinEnt(AdvEnt):
     """AdvEnt + MinEnt."""
 

@@ -22,24 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, cast, get_args
+from typing import cast, get_args
 
 import torch
 from torch import nn
 
+from apoda.config import BNMode
 from apoda.errors import ApodaError
 from apoda.models.efficientnet import efficientnet_lite0_stages
 from apoda.registry import BACKBONES, register_backbone
 
-BNMode = Literal["frozen", "legacy", "train"]
-"""How batch norms behave: `frozen` = affine parameters fixed and running statistics never
-updated (the layers stay in eval mode even in `model.train()`); `legacy` = affine parameters fixed
-but running statistics updated in train mode (what the reference code does); `train` = ordinary
-trainable batch norm."""
-
-Arch = str
-"""A `model.arch` name: any name registered in `apoda.registry.BACKBONES` (kept for
-`apoda.config`; the valid names are `BACKBONES.names()`)."""
 STAGE_NAMES: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 

@@ -17,11 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from apoda.config import Cut
 from apoda.errors import ApodaError
 from apoda.models.aspp import ASPPClassifier
 from apoda.models.backbones import Backbone, BNMode, build_backbone
-
-Cut = Literal["pixel", "layer1", "layer2", "layer3", "layer4"]
 
 ALIGN_CORNERS = False
 """The one upsampling convention in apoda (the reference code uses True; the difference is

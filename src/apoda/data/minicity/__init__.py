@@ -18,6 +18,7 @@ from apoda.data.minicity.generate import (
     MiniCityConfig,
     cache_dir,
     ensure_minicity,
+    folder_name,
     generate_minicity,
 )
 from apoda.data.minicity.render import render_scene
@@ -34,6 +35,7 @@ __all__ = [
     "Style",
     "cache_dir",
     "ensure_minicity",
+    "folder_name",
     "generate_minicity",
     "render_scene",
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from cityscapesscripts.helpers.labels import labels as _CITYSCAPES_LABELS
 from PIL import Image
 from tqdm import tqdm
 
+from apoda.config import MiniCityConfig
 from apoda.data.minicity.render import render_scene
 from apoda.data.minicity.styles import RANDOMISED, REAL, SYNTHETIC, Style
 from apoda.errors import ApodaError
@@ -64,53 +65,13 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "apoda"
 
 
-@dataclass(frozen=True)
-class MiniCityConfig:
-    """Size of each split and of the images; `n_randomised` > 0 adds a domain-randomised split."""
-
-    seed: int = 0
-    n_source: int = 2000
-    n_target_train: int = 2000
-    n_target_val: int = 500
-    height: int = 64
-    width: int = 128
-    n_randomised: int = 0
-
-    def __post_init__(self) -> None:
-        for name in (
-            "seed",
-            "n_source",
-            "n_target_train",
-            "n_target_val",
-            "height",
-            "width",
-            "n_randomised",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ApodaError(f"MiniCityConfig.{name} must be an int, got {value!r}")
-        for name in ("n_source", "n_target_train", "n_target_val"):
-            if getattr(self, name) < 1:
-                raise ApodaError(
-                    f"MiniCityConfig.{name} must be at least 1, got {getattr(self, name)}"
-                )
-        if self.n_randomised < 0 or self.seed < 0:
-            raise ApodaError(
-                f"MiniCityConfig seed and n_randomised must be >= 0, got "
-                f"seed={self.seed}, n_randomised={self.n_randomised}"
-            )
-        if self.height < 16 or self.width < 16:
-            raise ApodaError(
-                f"MiniCityConfig image size must be at least 16x16, got {self.height}x{self.width}"
-            )
-
-    def folder_name(self) -> str:
-        """Cache folder name: every field, so different configs never share a folder."""
-        return (
-            f"minicity-{self.height}x{self.width}-s{self.seed}-n{self.n_source}"
-            f"-{self.n_target_train}-{self.n_target_val}-r{self.n_randomised}"
-            f"-v{FORMAT_VERSION}"
-        )
+def folder_name(config: MiniCityConfig) -> str:
+    """Cache folder name: every field, so different configs never share a folder."""
+    return (
+        f"minicity-{config.height}x{config.width}-s{config.seed}-n{config.n_source}"
+        f"-{config.n_target_train}-{config.n_target_val}-r{config.n_randomised}"
+        f"-v{FORMAT_VERSION}"
+    )
 
 
 def _palette() -> list[int]:
@@ -236,9 +197,9 @@ def ensure_minicity(
     config: MiniCityConfig | None = None, root: Path | None = None, progress: bool = True
 ) -> Path:
     """Return the MiniCity folder for `config`, generating it when missing, incomplete or made
-    from another config. Default folder: cache_dir() / config.folder_name()."""
+    from another config. Default folder: cache_dir() / folder_name(config)."""
     config = config or MiniCityConfig()
-    root = Path(root) if root is not None else cache_dir() / config.folder_name()
+    root = Path(root) if root is not None else cache_dir() / folder_name(config)
     if not _is_complete(root, config):
         generate_minicity(root, config, progress=progress)
     return root

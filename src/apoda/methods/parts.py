@@ -1,0 +1,82 @@
+"""Pieces a method composes, each with its own settings: the supervised segmentation loss (with
+the optional auxiliary head and class weights) and a discriminator with its optimiser."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from apoda.config import OptimConfig
+from apoda.distributed import global_mean_denominator
+from apoda.losses import IGNORE_INDEX, class_weights, segmentation_loss
+from apoda.methods.base import StepLog
+from apoda.models import Discriminator, Segmenter, upsample_logits
+
+
+class SupervisedLoss:
+    """L_seg of a segmenter on labelled images: `seg_loss` (ce, lovasz, ce+lovasz, wce), and
+    with a multi-level segmenter its auxiliary head's loss at `lambda_seg_aux`."""
+
+    def __init__(self, segmenter: Segmenter, seg_loss: str, lambda_seg_aux: float = 0.0) -> None:
+        self.segmenter = segmenter
+        self.name = seg_loss
+        self.lambda_seg_aux = lambda_seg_aux
+        self.class_weights: Tensor | None = None
+
+    def prepare(self, class_names: tuple[str, ...], pixel_fraction: Mapping[str, float]) -> None:
+        """Class weights from the source's class frequencies, for `wce`."""
+        if self.name == "wce":
+            self.class_weights = class_weights([pixel_fraction.get(n, 0.0) for n in class_names])
+
+    def loss(self, logits: Tensor, labels: Tensor, name: str | None = None) -> Tensor:
+        """L_seg in float32 at the label's size."""
+        logits = upsample_logits(logits, labels.shape[1:]).float()
+        name = name or self.name
+        weighted = name == "wce" and self.class_weights is not None
+        if name == "ce" or weighted:
+            # Sum over labelled pixels / the mean count over ranks: in one process the plain
+            # mean; under DDP the averaged gradient then equals the 1-process one exactly
+            # (one formula for both, so 1 and R processes also round alike).
+            weight = self.class_weights.to(logits.device) if weighted else None
+            total = F.cross_entropy(
+                logits, labels, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+            valid = labels[labels != IGNORE_INDEX]
+            count = weight[valid].sum() if weight is not None else valid.new_tensor(valid.numel())
+            return total / global_mean_denominator(count.float())
+        return segmentation_loss(name, logits, labels, self.class_weights)
+
+    def __call__(
+        self, image: Tensor, labels: Tensor, log: StepLog
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Source L_seg (+ aux head at `lambda_seg_aux`); returns (loss, logits, aux logits)."""
+        aux = None
+        if self.segmenter.aux_head is not None:
+            logits, aux = self.segmenter(image, with_aux=True)
+            loss_aux = self.loss(aux, labels)
+            log["loss/seg_source_aux"] = loss_aux.detach()
+            loss = self.loss(logits, labels) + self.lambda_seg_aux * loss_aux
+        else:
+            logits = self.segmenter(image)
+            loss = self.loss(logits, labels)
+        log["loss/seg_source"] = loss.detach()
+        return loss, logits, aux
+
+
+def target_outputs(segmenter: Segmenter, image: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Target logits (and aux logits with the multi-level head)."""
+    if segmenter.aux_head is not None:
+        return segmenter(image, with_aux=True)
+    return segmenter(image), None
+
+
+def new_discriminator(
+    num_classes: int, width: int, optim: OptimConfig, device: torch.device
+) -> tuple[Discriminator, torch.optim.Optimizer]:
+    """A fresh D of `width` on C-channel maps and its Adam optimiser (`optim.d_lr`, `d_betas`)."""
+    disc = Discriminator(num_classes, ndf=width).to(device)
+    opt = torch.optim.Adam(disc.parameters(), lr=optim.d_lr, betas=tuple(optim.d_betas))
+    return disc, opt
