@@ -72,6 +72,60 @@ LAYER_RULES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
 and methods never depend on the training loop, and the loop never on the command line."""
 
 
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("apoda", "apoda.errors", "apoda.registry", "apoda.configs", "apoda.torch_files",
+     "apoda.run_lock", "apoda.distributed"),
+    ("apoda.config", "apoda.checkpoints"),
+    ("apoda.runs",),
+    ("apoda.data", "apoda.losses"),
+    ("apoda.models", "apoda.attacks"),
+    ("apoda.methods",),
+    ("apoda.engine", "apoda.evaluation", "apoda.report", "apoda.run_outputs", "apoda.inference",
+     "apoda.export", "apoda.prediction"),
+    ("apoda.pretrain", "apoda.demo", "apoda.suites", "apoda.suite_pool", "apoda.cli",
+     "apoda.__main__"),
+)  # fmt: skip
+"""apoda's layers, bottom first (docs/architecture.md draws them): a module may import its own
+layer and the ones below, never one above."""
+
+
+def _layer(module: str) -> int:
+    """The layer of a module: that of the longest package or module prefix listed."""
+    found = [
+        (len(name), level)
+        for level, names in enumerate(LAYERS)
+        for name in names
+        if module == name or (name != "apoda" and module.startswith(f"{name}."))
+    ]
+    assert found, f"{module} is in no layer of LAYERS: add it there and to docs/architecture.md"
+    return max(found)[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Every import of a module from a higher layer than its own."""
+    return sorted(
+        (source, target)
+        for source, targets in graph.items()
+        for target in targets
+        if _layer(target) > _layer(source)
+    )
+
+
+def test_every_import_points_down_the_layers() -> None:
+    graph = _import_graph()
+    assert upward_imports(graph) == []
+    # the config is a leaf: it asks the registries for names and imports no implementation
+    assert graph["apoda.config"] <= {"apoda.errors", "apoda.registry", "apoda.configs"}
+    assert graph["apoda.registry"] <= {"apoda.errors"}
+
+
+def test_the_layer_check_finds_an_upward_import() -> None:
+    assert upward_imports({"apoda.config": {"apoda.models.segmenter"}}) == [
+        ("apoda.config", "apoda.models.segmenter")
+    ]
+    assert upward_imports({"apoda.models.build": {"apoda.config"}}) == []
+
+
 def _within(module: str, package: str) -> bool:
     return module == package or module.startswith(f"{package}.")
 
