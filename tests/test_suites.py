@@ -297,3 +297,27 @@ def test_jobs_stopped_by_sigterm_leaves_checkpoints_and_says_how_to_resume(tmp_p
     assert "stopped: the 1 run(s) in training save a checkpoint and stop" in err
     assert "interrupted at iteration" in (out / "logs" / "seed0-step1.log").read_text()
     assert (out / "seed0" / "step1" / "checkpoints" / "last.pt").is_file()
+
+
+USER_BACKBONE = '''
+from apoda.models.backbones import small
+from apoda.registry import register_backbone
+
+
+@register_backbone("user_small", default_bn_mode="train")
+def user_small(bn_mode):
+    return small(bn_mode=bn_mode)
+'''
+
+
+def test_a_suite_trains_every_row_on_a_users_backbone(tmp_path: Path) -> None:
+    """`imports=[FILE]` among a suite's overrides reaches every row (and its saved config)."""
+    (tmp_path / "user_backbone.py").write_text(USER_BACKBONE)
+    user = [f"imports=[{tmp_path / 'user_backbone.py'}]", "model.arch=user_small"]
+    extra = [*TINY, "train.iterations=1", "train.eval_every=0", *user]
+    out = tmp_path / "suite"
+    run_suite("tiny", out, overrides=extra, rows=(STEP1, MATCHED))
+    for row in ("step1", "source_only"):
+        saved = load_config(out / "seed0" / row / "config.yaml", saved=True)
+        assert saved.model.arch == "user_small"
+        assert saved.imports == [str(tmp_path / "user_backbone.py")]
