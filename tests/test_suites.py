@@ -299,7 +299,7 @@ def test_jobs_stopped_by_sigterm_leaves_checkpoints_and_says_how_to_resume(tmp_p
     assert (out / "seed0" / "step1" / "checkpoints" / "last.pt").is_file()
 
 
-USER_BACKBONE = '''
+USER_BACKBONE = """
 from apoda.models.backbones import small
 from apoda.registry import register_backbone
 
@@ -307,7 +307,7 @@ from apoda.registry import register_backbone
 @register_backbone("user_small", default_bn_mode="train")
 def user_small(bn_mode):
     return small(bn_mode=bn_mode)
-'''
+"""
 
 
 def test_a_suite_trains_every_row_on_a_users_backbone(tmp_path: Path) -> None:
