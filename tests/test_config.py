@@ -143,7 +143,7 @@ def test_method_name_selects_its_dataclass_with_todays_defaults() -> None:
     assert (ap.seg_loss, ap.discriminator_width, ap.alpha_cst) == ("ce", 64, 0.2)
     assert (ap.alpha_ent, ap.alpha_ent_adv) == (0.002, 0.0005)
     assert set(METHODS.names()) == {
-        "source_only", "asn", "advent", "minent", "advent_minent", "apoda", "adabn"
+        "source_only", "asn", "advent", "minent", "advent_minent", "apoda", "adabn", "dacs"
     }  # fmt: skip
     assert AdaBNSettings().name == "adabn"
 

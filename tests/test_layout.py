@@ -78,7 +78,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("apoda.config", "apoda.checkpoints"),
     ("apoda.runs",),
     ("apoda.data", "apoda.losses"),
-    ("apoda.models", "apoda.attacks"),
+    ("apoda.models", "apoda.attacks", "apoda.mixing"),
     ("apoda.methods",),
     ("apoda.engine", "apoda.evaluation", "apoda.report", "apoda.run_outputs", "apoda.inference",
      "apoda.export", "apoda.prediction"),

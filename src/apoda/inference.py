@@ -50,15 +50,15 @@ def checkpoint_scheme(state: dict[str, Any], config: Config, path: Path) -> Clas
 
 
 def load_segmenter(path: str | Path) -> tuple[Segmenter, Config, dict[str, Any]]:
-    """Rebuild the segmenter a checkpoint was trained with and load its weights."""
+    """Rebuild the segmenter a checkpoint was trained with and load the weights its training
+    evaluated (the segmenter, or the mean teacher of a self-training run that names it)."""
     path = checkpoint_file(path)
     state = load_checkpoint(path)
     config = config_from_dict(state["config"], saved=True)
     scheme = checkpoint_scheme(state, config, path)
     segmenter = architecture_from_config(config, scheme.num_classes)
-    load_module_state(
-        segmenter, state["modules"]["segmenter"], "segmenter", path, upgrade_state_keys
-    )
+    evaluated = state.get("evaluated", "segmenter")
+    load_module_state(segmenter, state["modules"][evaluated], evaluated, path, upgrade_state_keys)
     segmenter.eval()
     return segmenter, config, state
 

@@ -48,6 +48,21 @@ class Normalisation:
             )
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
+    def to_unit_rgb(self, batch: torch.Tensor) -> torch.Tensor:
+        """Normalised `[B, 3, H, W]` images -> RGB in [0, 1] (for photometric transforms)."""
+        if self.mode == "caffe":
+            mean = batch.new_tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
+            return ((batch + mean) / 255.0).flip(1)
+        mean = batch.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        return batch * batch.new_tensor(IMAGENET_STD).view(1, 3, 1, 1) + mean
+
+    def from_unit_rgb(self, batch: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1] `[B, 3, H, W]` -> normalised images (the inverse of `to_unit_rgb`)."""
+        if self.mode == "caffe":
+            return batch.flip(1) * 255.0 - batch.new_tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
+        mean = batch.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        return (batch - mean) / batch.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
     def denormalise(self, tensor: torch.Tensor) -> np.ndarray:
         """float [3, H, W] tensor -> uint8 RGB [H, W, 3] (for pictures)."""
         if tensor.ndim != 3 or tensor.shape[0] != 3:

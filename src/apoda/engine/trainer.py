@@ -36,6 +36,7 @@ from apoda.errors import ApodaError, RunInterrupted
 from apoda.evaluation import evaluate_segmenter
 from apoda.methods import Method, RunContext, build_method
 from apoda.methods.base import NonFiniteError
+from apoda.models import Segmenter
 from apoda.models.build import segmenter_from_config
 from apoda.run_lock import FolderLock
 from apoda.run_outputs import FinishedRun, FinishHook, default_hooks
@@ -182,6 +183,7 @@ class Trainer:
             "tail_classes": self.tail,
             "class_names": list(self.data.scheme.class_names),
             "classes": self.data.classes.to_dict(),
+            "evaluated": self.method.evaluated,
         }
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
@@ -206,10 +208,16 @@ class Trainer:
         barrier()
 
     # -- evaluation ----------------------------------------------------------------------------
+    def _evaluated_network(self) -> Segmenter:
+        """The network the method has evaluated: the segmenter, or e.g. a mean teacher."""
+        network = self.method.modules[self.method.evaluated]
+        assert isinstance(network, Segmenter)
+        return network
+
     def _evaluate(self, iteration: int, checkpoint: str | None = None) -> dict[str, Any]:
         cfg = self.config
         metrics = evaluate_segmenter(
-            self.segmenter,
+            self._evaluated_network(),
             self.data.val,
             self.data.scheme,
             self.tail,
@@ -399,7 +407,7 @@ class Trainer:
             config=self.config,
             metrics=metrics,
             source_stats=self.source_stats,
-            segmenter=self.segmenter,
+            segmenter=self._evaluated_network(),
             val=self.data.val,
             device=self.device,
         )

@@ -9,7 +9,7 @@ from apoda.config import Config
 
 # Importing a method's module registers it: this order is the order the names are listed in.
 # isort: off
-from apoda.methods import source_only, output_adversarial, apoda, adabn  # noqa: F401
+from apoda.methods import source_only, output_adversarial, apoda, adabn, dacs  # noqa: F401
 
 # isort: on
 from apoda.methods.base import Batch, LoopSettings, Method, RunContext, StepLog
@@ -20,7 +20,9 @@ from apoda.registry import METHODS
 def loop_settings(config: Config, device: torch.device) -> LoopSettings:
     """What the loop gives every method, from the run's config."""
     train = config.train
-    return LoopSettings(config.optim, config.model, device, train.amp, train.nonfinite)
+    return LoopSettings(
+        config.optim, config.model, device, train.amp, train.nonfinite, config.data.normalisation
+    )
 
 
 def build_method(segmenter: Segmenter, config: Config, device: torch.device) -> Method:

@@ -50,6 +50,8 @@ class LoopSettings:
     device: torch.device
     amp: bool = True
     nonfinite: str = "stop"
+    normalisation: str = "imagenet"
+    """How the loop's images are normalised (`data.normalisation`), for photometric steps."""
 
 
 class Method(ABC):
@@ -76,6 +78,12 @@ class Method(ABC):
         """Take what the method needs from the run's data before its first step (by default
         nothing)."""
         del context
+
+    @property
+    def evaluated(self) -> str:
+        """The module in `self.modules` that evaluation scores and `apoda eval` loads (a
+        self-training method may name its teacher)."""
+        return "segmenter"
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -3,11 +3,12 @@ the optional auxiliary head and class weights) and a discriminator with its opti
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from apoda.config import OptimConfig
 from apoda.distributed import global_mean_denominator
@@ -80,3 +81,26 @@ def new_discriminator(
     disc = Discriminator(num_classes, ndf=width).to(device)
     opt = torch.optim.Adam(disc.parameters(), lr=optim.d_lr, betas=tuple(optim.d_betas))
     return disc, opt
+
+
+class EMATeacher:
+    """A copy of the student whose parameters follow it as an exponential moving average
+    (alpha_t = min(1 - 1/(t + 1), alpha), as DACS and DAFormer); its buffers (batch-norm
+    statistics) follow the student's. It never trains and runs in eval mode."""
+
+    def __init__(self, student: nn.Module) -> None:
+        self.network = copy.deepcopy(student)
+        self.network.requires_grad_(False)
+        self.network.eval()
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, iteration: int, alpha: float) -> float:
+        """Move the teacher towards the student; returns the alpha used."""
+        alpha_t = min(1.0 - 1.0 / (iteration + 1), alpha)
+        for teacher_p, student_p in zip(
+            self.network.parameters(), student.parameters(), strict=True
+        ):
+            teacher_p.mul_(alpha_t).add_(student_p.detach(), alpha=1.0 - alpha_t)
+        for teacher_b, student_b in zip(self.network.buffers(), student.buffers(), strict=True):
+            teacher_b.copy_(student_b)
+        return alpha_t

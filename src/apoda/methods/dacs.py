@@ -1,0 +1,118 @@
+"""Self-training with cross-domain mixing (DACS, Tranheden et al., WACV 2021; the settings of
+DAFormer's `mmseg/models/uda/dacs.py`): a mean teacher's pseudo-labels on target images, source
+classes pasted onto them (ClassMix), and the student trained on source and on the mixed images.
+Unlike APODA, G trains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from apoda.config import check_fields, non_negative, require
+from apoda.data.transforms import Normalisation
+from apoda.losses import SegLossName
+from apoda.methods.base import Batch, LoopSettings, Method, RunContext, StepLog
+from apoda.methods.parts import EMATeacher, SupervisedLoss
+from apoda.mixing import (
+    class_mix_masks,
+    mix,
+    mixed_pixel_weight,
+    pseudo_labels,
+    strong_photometric,
+    weighted_cross_entropy,
+)
+from apoda.models import Segmenter
+from apoda.registry import register_method
+
+
+@dataclass
+class DACSSettings:
+    """DACS: `ema_alpha` of the teacher (DACS 0.99, DAFormer 0.999), `pseudo_threshold` tau of
+    the confidence weight, the strong transform of the mixed image, the pseudo-label rows to
+    ignore on real data (ego-car hood), and which network evaluation scores."""
+
+    name: Literal["dacs"] = "dacs"
+    seg_loss: SegLossName = "ce"
+    lambda_seg_aux: float = 0.1
+    ema_alpha: float = 0.99
+    pseudo_threshold: float = 0.968
+    color_jitter_strength: float = 0.2
+    color_jitter_probability: float = 0.2
+    blur: bool = True
+    pseudo_ignore_top: int = 0
+    pseudo_ignore_bottom: int = 0
+    evaluate: Literal["student", "teacher"] = "student"
+
+    def __post_init__(self) -> None:
+        check_fields(self, "method")
+        non_negative(self, "method", ["lambda_seg_aux", "color_jitter_strength"])
+        non_negative(self, "method", ["pseudo_ignore_top", "pseudo_ignore_bottom"])
+        for key in ("ema_alpha", "pseudo_threshold", "color_jitter_probability"):
+            value = getattr(self, key)
+            require(0 <= value <= 1, f"method.{key}", value, "in [0, 1]")
+
+
+@register_method("dacs", DACSSettings)
+class DACS(Method):
+    """Student: L_seg on source + confidence-weighted CE on ClassMix images whose labels are the
+    source's where pasted and the EMA teacher's elsewhere."""
+
+    name = "dacs"
+    settings: DACSSettings
+
+    def __init__(self, segmenter: Segmenter, settings: Any, loop: LoopSettings) -> None:
+        super().__init__(segmenter, settings, loop)
+        self.supervised = SupervisedLoss(segmenter, settings.seg_loss, settings.lambda_seg_aux)
+        self.optimizers["segmenter"] = self.segmenter_optimizer()
+        self.teacher = EMATeacher(segmenter)
+        self.modules["teacher"] = self.teacher.network
+        self.normalisation = Normalisation(loop.normalisation)
+
+    def prepare(self, context: RunContext) -> None:
+        self.supervised.prepare(context.class_names, context.source_pixel_fraction)
+
+    @property
+    def evaluated(self) -> str:
+        return "teacher" if self.settings.evaluate == "teacher" else "segmenter"
+
+    def set_train_mode(self) -> None:
+        """The student trains; the teacher always runs in eval mode."""
+        super().set_train_mode()
+        self.teacher.network.eval()
+
+    def _mixed_batch(self, source: Batch, target: Batch, log: StepLog) -> tuple[Any, Any, Any]:
+        """The ClassMix images (strongly transformed), their labels and pixel weights."""
+        s = self.settings
+        with torch.no_grad(), self.autocast():
+            teacher_logits = self.teacher.network(target["image"])
+        pseudo, weight = pseudo_labels(teacher_logits, s.pseudo_threshold)
+        log["self_training/pseudo_weight"] = weight
+        masks = class_mix_masks(source["label"])
+        images = mix(masks, source["image"], target["image"])
+        unit = strong_photometric(
+            self.normalisation.to_unit_rgb(images),
+            s.color_jitter_strength,
+            s.color_jitter_probability,
+            s.blur,
+        )
+        labels = mix(masks, source["label"], pseudo)
+        weights = mixed_pixel_weight(masks, weight, s.pseudo_ignore_top, s.pseudo_ignore_bottom)
+        return self.normalisation.from_unit_rgb(unit), labels, weights
+
+    def train_step(self, source: Batch, target: Batch, iteration: int) -> StepLog:
+        log: StepLog = {}
+        if iteration > 0:
+            alpha = self.teacher.update(self.segmenter, iteration, self.settings.ema_alpha)
+            log["self_training/ema_alpha"] = torch.tensor(alpha)
+        self.optimizers["segmenter"].zero_grad(set_to_none=True)
+        images, labels, weights = self._mixed_batch(source, target, log)
+        with self.autocast():
+            loss, _, _ = self.supervised(source["image"], source["label"], log)
+            mixed = weighted_cross_entropy(self.segmenter(images), labels, weights)
+        log["loss/seg_mixed"] = mixed.detach()
+        loss = loss + mixed
+        self.backward_step(loss, log, ["segmenter"])
+        log["loss/total"] = loss.detach()
+        return log

@@ -1,0 +1,187 @@
+"""Self-training with cross-domain mixing (DACS): the ClassMix mask and mixed label, the
+pseudo-label weight, the EMA teacher, the step, and a run that resumes to the same teacher."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from apoda.checkpoints import load_checkpoint
+from apoda.config import load_config
+from apoda.configs import resolve_config
+from apoda.engine.trainer import Trainer
+from apoda.inference import load_segmenter
+from apoda.methods import build_method
+from apoda.methods.dacs import DACS
+from apoda.methods.parts import EMATeacher
+from apoda.mixing import (
+    blur_kernel_size,
+    class_mix_masks,
+    mix,
+    mixed_pixel_weight,
+    pseudo_labels,
+    weighted_cross_entropy,
+)
+from apoda.models import build_segmenter
+from conftest import TINY
+
+C = 5
+
+
+def test_class_mix_pastes_whole_classes_half_of_those_present() -> None:
+    torch.manual_seed(0)
+    labels = torch.tensor([[[0, 1, 2, 255], [3, 3, 1, 255]], [[4, 4, 4, 4], [4, 4, 255, 255]]])
+    chosen_counts = torch.zeros(5)
+    for _ in range(400):
+        masks = class_mix_masks(labels)
+        for label, mask in zip(labels, masks, strict=True):
+            present = [c for c in label.unique().tolist() if c != 255]
+            pasted = label[mask].unique().tolist()
+            assert len(pasted) == math.ceil(len(present) / 2)  # half, rounded up
+            for c in present:  # a class is pasted whole or not at all
+                assert bool(mask[label == c].all()) == (c in pasted)
+            assert not mask[label == 255].any()
+        chosen_counts += torch.bincount(labels[0][masks[0]].unique(), minlength=5)[:5].bool()
+    # image 0 holds 4 classes, 2 are drawn: each is pasted in half of the draws
+    share = chosen_counts[:4] / 400
+    assert ((share - 0.5).abs() < 4 * math.sqrt(0.25 / 400)).all(), share  # 4 sigma
+
+
+def test_the_mixed_label_is_the_source_where_pasted_and_the_pseudo_label_elsewhere() -> None:
+    mask = torch.tensor([[[True, False], [False, True]]])
+    source = torch.tensor([[[1, 2], [3, 4]]])
+    pseudo = torch.tensor([[[7, 8], [9, 6]]])
+    assert mix(mask, source, pseudo).tolist() == [[[1, 8], [9, 4]]]
+    images = mix(mask, torch.ones(1, 3, 2, 2), torch.zeros(1, 3, 2, 2))
+    assert images[0, :, 0, 0].tolist() == [1, 1, 1] and images[0, :, 0, 1].tolist() == [0, 0, 0]
+
+
+def test_the_pseudo_label_weight_is_the_share_of_confident_pixels_of_the_whole_batch() -> None:
+    confident = torch.tensor([10.0, 0, 0])[None, :, None, None].expand(1, 3, 2, 2)
+    unsure = torch.zeros(1, 3, 2, 2)
+    logits = torch.cat([confident, unsure])  # image 0: all pixels confident, image 1: none
+    labels, weight = pseudo_labels(logits, threshold=0.968)
+    p_top = 1 / (1 + 2 * math.exp(-10))  # the confident pixels' top probability
+    assert p_top >= 0.968 and weight.item() == 0.5  # over both images, not per image
+    assert labels[0].eq(0).all()
+    _, none = pseudo_labels(logits, threshold=p_top + 1e-6)
+    assert none.item() == 0.0
+
+
+def test_mixed_pixel_weight_is_one_where_pasted_and_zero_in_ignored_rows() -> None:
+    mask = torch.zeros(1, 4, 3, dtype=torch.bool)
+    mask[0, 0, 0] = mask[0, 2, 1] = True
+    weight = mixed_pixel_weight(mask, torch.tensor(0.3), ignore_top=1, ignore_bottom=1)
+    expected = torch.full((1, 4, 3), 0.3)
+    expected[:, 0] = expected[:, 3] = 0.0
+    expected[0, 0, 0] = expected[0, 2, 1] = 1.0  # pasted source pixels keep their labels' weight
+    assert torch.equal(weight, expected)
+
+
+def test_weighted_cross_entropy_averages_over_every_pixel() -> None:
+    logits = torch.randn(2, C, 3, 4, dtype=torch.float64)
+    labels = torch.randint(0, C, (2, 3, 4))
+    labels[0, 0, 0] = 255
+    weight = torch.rand(2, 3, 4, dtype=torch.float64)
+    direct = 0.0
+    for b in range(2):
+        for y in range(3):
+            for x in range(4):
+                if labels[b, y, x] != 255:
+                    logp = torch.log_softmax(logits[b, :, y, x], 0)[labels[b, y, x]]
+                    direct += -float(logp) * float(weight[b, y, x])
+    got = weighted_cross_entropy(logits.float(), labels, weight.float())
+    assert got.item() == pytest.approx(direct / 24, rel=1e-5)  # float32 of a 24-term sum
+
+
+def test_blur_kernel_is_odd_and_about_a_tenth_of_the_side() -> None:
+    assert [blur_kernel_size(n) for n in (32, 64, 128, 512, 1024)] == [3, 7, 13, 51, 103]
+
+
+def test_the_ema_teacher_follows_the_student() -> None:
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3))
+    teacher = EMATeacher(student)
+    before = {k: v.clone().double() for k, v in teacher.network.state_dict().items()}
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+        student[1].running_mean.add_(2.0)
+    assert teacher.update(student, iteration=1, alpha=0.99) == 0.5  # min(1 - 1/2, 0.99)
+    after, now = teacher.network.state_dict(), student.state_dict()
+    for key in ("0.weight", "0.bias", "1.weight", "1.bias"):
+        expected = 0.5 * before[key] + 0.5 * now[key].double()
+        assert torch.allclose(after[key].double(), expected, rtol=0, atol=2**-22), key
+    assert torch.equal(after["1.running_mean"], now["1.running_mean"])  # buffers follow
+    assert teacher.update(student, iteration=1000, alpha=0.99) == 0.99
+    assert not any(p.requires_grad for p in teacher.network.parameters())
+
+
+def test_a_dacs_step_trains_the_student_and_moves_the_teacher_only_by_ema() -> None:
+    torch.manual_seed(0)
+    config = load_config(None, ["method.name=dacs", "optim.lr=0.01"])
+    method = build_method(build_segmenter("small", C), config, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(1)
+    source = {
+        "image": torch.randn(2, 3, 32, 64, generator=gen),
+        "label": torch.randint(0, C, (2, 32, 64), generator=gen),
+    }
+    target = {"image": torch.randn(2, 3, 32, 64, generator=gen)}
+    teacher0 = {k: v.clone() for k, v in method.modules["teacher"].state_dict().items()}
+    student0 = {k: v.clone() for k, v in method.segmenter.state_dict().items()}
+    log = method.train_step(source, target, 0)
+    assert {"loss/seg_source", "loss/seg_mixed", "self_training/pseudo_weight"} <= set(log)
+    teacher = method.modules["teacher"].state_dict()
+    assert all(torch.equal(teacher[k], v) for k, v in teacher0.items())  # no EMA at step 0
+    changed = [
+        k for k, v in method.segmenter.state_dict().items() if not torch.equal(v, student0[k])
+    ]
+    assert any(k.startswith("backbone.") for k in changed)  # G trains, unlike APODA
+    method.train_step(source, target, 1)  # the teacher is now the mean of the two students
+    assert not torch.equal(method.modules["teacher"].state_dict()["head.conv2d_list.0.weight"],
+                           teacher0["head.conv2d_list.0.weight"])  # fmt: skip
+    assert "teacher" in method.state_dict()["modules"] and method.evaluated == "segmenter"
+
+
+def _run(out: Path, iterations: int, *extra: str) -> Trainer:
+    cfg = load_config(
+        resolve_config("minicity/dacs"),
+        [*TINY, f"train.iterations={iterations}", "train.eval_every=0", "train.checkpoint_every=2",
+         "train.samples=0", *extra],
+    )  # fmt: skip
+    return Trainer(cfg, out, resume=(out / "checkpoints").is_dir())
+
+
+@pytest.mark.slow
+def test_a_killed_dacs_run_resumes_to_the_same_student_and_teacher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _run(tmp_path / "whole", 6).fit()
+    original = DACS.train_step
+
+    def dying(self: DACS, source: Any, target: Any, iteration: int) -> Any:
+        if iteration == 5:
+            raise KeyboardInterrupt  # killed during iteration 5, after the checkpoint at 4
+        return original(self, source, target, iteration)
+
+    monkeypatch.setattr(DACS, "train_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "killed", 6).fit()
+    monkeypatch.setattr(DACS, "train_step", original)
+    _run(tmp_path / "killed", 6).fit()
+    whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")["modules"]
+    killed = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["modules"]
+    for module in ("segmenter", "teacher"):
+        for key, value in whole[module].items():
+            assert torch.equal(value, killed[module][key]), (module, key)
+    # evaluation (and `apoda eval`) score the network the settings name
+    _run(tmp_path / "t", 2, "method.evaluate=teacher").fit()
+    state = load_checkpoint(tmp_path / "t" / "checkpoints" / "last.pt")
+    segmenter, _, _ = load_segmenter(tmp_path / "t")
+    assert state["evaluated"] == "teacher"
+    for key, value in segmenter.state_dict().items():
+        assert torch.equal(value, state["modules"]["teacher"][key]), key
