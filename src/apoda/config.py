@@ -140,6 +140,8 @@ class MiniCityConfig:
 @dataclass
 class DataConfig:
     """Which datasets, where, at which size (width, height), and how images are normalised.
+    `rare_class_sampling` draws source images by class (apoda.data.sampling; T =
+    `rcs_temperature`, `rcs_min_pixels` counted at GTA5's label size).
 
     `scheme` names the classes of the built-in datasets; a `folder` source takes its classes
     from its own `classes.yaml` instead (and a `folder` target's must agree with them)."""
@@ -163,6 +165,9 @@ class DataConfig:
     max_target: int | None = None
     max_val: int | None = None
     tail_classes: list[str] | None = None
+    rare_class_sampling: bool = False
+    rcs_temperature: float = 0.01
+    rcs_min_pixels: int = 3000
     minicity: MiniCityConfig = field(default_factory=MiniCityConfig)
 
     def __post_init__(self) -> None:
@@ -170,7 +175,8 @@ class DataConfig:
         for role in ("source", "target"):
             get_dataset(getattr(self, role), role, f"data.{role}")
         at_least_one(self, "data", ["batch_size", "eval_batch_size"])
-        non_negative(self, "data", ["num_workers"])
+        non_negative(self, "data", ["num_workers", "rcs_min_pixels"])
+        require(self.rcs_temperature > 0, "data.rcs_temperature", self.rcs_temperature, "> 0")
         for key in ("max_source", "max_target", "max_val"):
             value = getattr(self, key)
             require(value is None or value >= 1, f"data.{key}", value, "at least 1 (or null)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,19 @@ def _augment(data: DataConfig) -> AugmentConfig | None:
     )
 
 
+def source_draw(config: Config, source: SegmentationDataset) -> Callable[..., list[int]] | None:
+    """The source loader's draw: rare-class sampling when the config asks for it, else None
+    (a permutation per epoch)."""
+    data = config.data
+    if not data.rare_class_sampling:
+        return None
+    from apoda.data.minicity import cache_dir
+    from apoda.data.sampling import RareClassSampling, cached_class_counts
+
+    counts = cached_class_counts(source, cache_dir())
+    return RareClassSampling.from_counts(counts, data.rcs_temperature, data.rcs_min_pixels).draw
+
+
 def source_stats(dataset: SegmentationDataset, name: str) -> dict[str, Any]:
     """Class statistics of the source labels, cached beside the dataset cache by root and size."""
     from apoda.data.minicity import cache_dir
@@ -137,8 +150,9 @@ def source_stats(dataset: SegmentationDataset, name: str) -> dict[str, Any]:
 
 
 class CyclingLoader:
-    """Endless batches over a dataset: a fresh permutation per epoch from (seed, epoch), split
-    across ranks so that R ranks see exactly the global batch one process would see.
+    """Endless batches over a dataset: a fresh permutation per epoch from (seed, epoch), or as
+    many indices from `draw(generator, n)` (rare-class sampling), split across ranks so that R
+    ranks see exactly the global batch one process would see.
 
     Its state is (epoch, batch position), so a resumed run reads the same batches."""
 
@@ -150,6 +164,7 @@ class CyclingLoader:
         rank: int = 0,
         world: int = 1,
         num_workers: int = 0,
+        draw: Callable[[torch.Generator, int], list[int]] | None = None,
     ) -> None:
         if batch_size % world:
             raise ApodaError(f"data.batch_size {batch_size} is not divisible by {world} ranks")
@@ -162,12 +177,14 @@ class CyclingLoader:
                 f"a dataset of {len(dataset)} images is smaller than data.batch_size {batch_size}"  # type: ignore[arg-type]
             )
         self.seed, self.rank, self.num_workers = seed, rank, num_workers
+        self.draw = draw
         self.epoch, self.position = 0, 0
         self._iter: Iterator[Any] | None = None
 
     def _epoch_indices(self) -> list[int]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        perm = torch.randperm(len(self.dataset), generator=gen).tolist()  # type: ignore[arg-type]
+        size = len(self.dataset)  # type: ignore[arg-type]
+        perm = self.draw(gen, size) if self.draw else torch.randperm(size, generator=gen).tolist()
         picked = []
         for b in range(self.position, self.batches_per_epoch):
             batch = perm[b * self.batch_size : (b + 1) * self.batch_size]

@@ -31,7 +31,7 @@ from apoda.distributed import (
     mean_over_ranks,
     resolve_device,
 )
-from apoda.engine.data import CyclingLoader, RunData, build_run_data, source_stats
+from apoda.engine.data import CyclingLoader, RunData, build_run_data, source_draw, source_stats
 from apoda.errors import ApodaError, RunInterrupted
 from apoda.evaluation import evaluate_segmenter
 from apoda.methods import Method, RunContext, build_method
@@ -161,7 +161,13 @@ class Trainer:
         workers = cfg.data.num_workers
         seed = cfg.train.seed
         self.source_loader = CyclingLoader(
-            self.data.source, batch, seed, self.rank, self.world, workers
+            self.data.source,
+            batch,
+            seed,
+            self.rank,
+            self.world,
+            workers,
+            draw=source_draw(cfg, self.data.source),
         )
         self.target_loader = CyclingLoader(
             self.data.target, batch, seed + 1, self.rank, self.world, workers
