@@ -573,8 +573,9 @@ def _add_suite(sub: _Subparsers) -> None:
     )
     p.add_argument(
         "name",
-        help="table1, table3, table4 or table5; several comma-separated (table1,table3) write "
-        "each table to OUT/NAME and share their common rows",
+        help="table1, table3, table4, table5, or selftraining (DACS and rare-class sampling beside "
+        "the baselines); several comma-separated (table1,table3) write each table to OUT/NAME "
+        "and share their common rows",
     )
     p.add_argument(
         "--seeds",

@@ -88,6 +88,44 @@ def _cut_rows(cut: str) -> tuple[Row, Row]:
     )
 
 
+SELF_TRAINING_CONTROL = Row(
+    "source_only_1000",
+    "source only (matched to DACS: 1,000 iterations)",
+    "source_only_continue",
+    ("train.iterations=1000", "train.eval_every=250", "train.checkpoint_every=250"),
+)
+"""The matched control of the self-training rows: step 1 continued for DACS's budget."""
+
+SELF_TRAINING: tuple[Row, ...] = (
+    STEP1,
+    SELF_TRAINING_CONTROL,
+    Row("dacs", "DACS", "dacs"),
+    Row("dacs_rcs", "DACS + rare-class sampling", "dacs", ("data.rare_class_sampling=true",)),
+    MATCHED,
+    APODA_OFF,
+    APODA,
+    Row("asn", "ASN", "asn"),
+    Row("advent", "AdvEnt", "advent"),
+    BN_CONTROLS[1],
+    Row(
+        "step1_rcs",
+        "source only (step 1) + rare-class sampling",
+        "source_only",
+        ("data.rare_class_sampling=true",),
+        init=None,
+    ),
+    Row("apoda_rcs", "APODA from the rare-class-sampling step 1", "apoda", init="step1_rcs"),
+    Row(
+        "step1_photometric",
+        "source only (step 1) + photometric augmentation",
+        "source_only",
+        ("data.photometric=true",),
+        init=None,
+        ours=True,
+    ),
+)
+"""Issue 25's table: the field's self-training family beside everything already there."""
+
 SUITES: dict[str, tuple[Row, ...]] = {
     "table1": (
         STEP1,
@@ -169,6 +207,7 @@ SUITES: dict[str, tuple[Row, ...]] = {
         ),
         Row("asn_pert", "ASN + perturbation (APODA from ASN)", "apoda", init="asn"),
     ),
+    "selftraining": SELF_TRAINING,
 }
 
 
