@@ -330,3 +330,25 @@ def test_a_truncated_last_log_line_is_dropped_by_resume_and_report(tmp_path: Pat
     assert [r["iteration"] for r in records if r["kind"] == "train"] == [1, 2, 3]
     assert main(["report", str(run)]) == 0
     assert "curves.png" in (run / "report.md").read_text()
+
+
+def test_warmup_rises_linearly_into_the_poly_schedule(tmp_path: Path) -> None:
+    """optim.warmup_iterations: mmcv's linear warmup (DAFormer) times poly decay; without it
+    the factor is the plain poly one."""
+    from apoda.config import OptimConfig
+    from apoda.engine.trainer import lr_factor
+
+    plain = OptimConfig(poly_power=0.9)
+    warm = OptimConfig(poly_power=1.0, warmup_iterations=10, warmup_ratio=1e-6)
+    for it in (0, 3, 9, 10, 50):
+        poly = (1 - it / 100) ** 1.0
+        expected = poly * (1 - (1 - it / 10) * (1 - 1e-6)) if it < 10 else poly
+        assert lr_factor(it, 100, warm) == pytest.approx(expected, rel=1e-12)
+        assert lr_factor(it, 100, plain) == (1 - it / 100) ** 0.9
+    assert lr_factor(0, 100, warm) == pytest.approx(1e-6)
+    run = tmp_path / "warm"
+    cfg = _config("optim.warmup_iterations=4", "train.log_every=1", "train.eval_every=0")
+    Trainer(cfg, run).fit()
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    lrs = [r["values"]["lr/segmenter"] for r in logged if r["kind"] == "train"]
+    assert lrs[:3] == sorted(lrs[:3]) and lrs[0] < 0.5 * lrs[3]  # rising during warmup

@@ -201,7 +201,8 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD for G and F, Adam for D, poly schedule (the paper's and the field's values)."""
+    """SGD for G and F, Adam for D, poly schedule (the paper's and the field's values); an
+    optional linear warmup over `warmup_iterations` from `warmup_ratio` (DAFormer: 1500, 1e-6)."""
 
     lr: float = 2.5e-4
     momentum: float = 0.9
@@ -210,13 +211,16 @@ class OptimConfig:
     d_lr: float = 1e-4
     d_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     poly_power: float = 0.9
+    warmup_iterations: int = 0
+    warmup_ratio: float = 1e-6
 
     def __post_init__(self) -> None:
         check_fields(self, "optim")
         for key in ("lr", "d_lr"):
             require(getattr(self, key) > 0, f"optim.{key}", getattr(self, key), "> 0")
         require(0 <= self.momentum < 1, "optim.momentum", self.momentum, "in [0, 1)")
-        non_negative(self, "optim", ["weight_decay", "poly_power"])
+        non_negative(self, "optim", ["weight_decay", "poly_power", "warmup_iterations"])
+        require(0 < self.warmup_ratio <= 1, "optim.warmup_ratio", self.warmup_ratio, "in (0, 1]")
 
 
 @dataclass

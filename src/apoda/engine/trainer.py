@@ -7,6 +7,7 @@ its `on_finish` hooks (by default `apoda.run_outputs`: stats/, samples.npz, repo
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from apoda import runs
 from apoda.checkpoints import load_checkpoint, save_checkpoint
-from apoda.config import Config, config_to_dict, save_config
+from apoda.config import Config, OptimConfig, config_to_dict, save_config
 from apoda.data.stats import run_tail_classes
 from apoda.distributed import (
     barrier,
@@ -43,6 +44,16 @@ from apoda.run_outputs import FinishedRun, FinishHook, default_hooks
 
 SKIPPED_SHARE = 0.1
 """With `train.nonfinite=skip`, skipping more than this share of the steps is warned about."""
+
+
+def lr_factor(iteration: int, total: int, optim: OptimConfig) -> float:
+    """The learning rate's factor at `iteration`: poly decay (1 - it/total)^power, times a
+    linear warmup from `warmup_ratio` over `warmup_iterations` (mmcv's rule, as DAFormer)."""
+    poly = max(0.0, 1.0 - iteration / total) ** optim.poly_power
+    warmup = optim.warmup_iterations
+    if iteration >= warmup:
+        return poly
+    return poly * (1.0 - (1.0 - iteration / warmup) * (1.0 - optim.warmup_ratio))
 
 
 class _InterruptFlag:
@@ -152,10 +163,9 @@ class Trainer:
             self.segmenter.to(memory_format=torch.channels_last)
         self.method: Method = build_method(self.segmenter, cfg, self.device)
         self.method.prepare(RunContext(tuple(scheme.class_names), dict(stats["pixel_fraction"])))
-        total, power = cfg.train.iterations, cfg.optim.poly_power
+        factor = functools.partial(lr_factor, total=cfg.train.iterations, optim=cfg.optim)
         self.schedulers = {
-            name: LambdaLR(opt, lambda it: max(0.0, 1.0 - it / total) ** power)
-            for name, opt in self.method.optimizers.items()
+            name: LambdaLR(opt, factor) for name, opt in self.method.optimizers.items()
         }
         batch = cfg.data.batch_size
         workers = cfg.data.num_workers
