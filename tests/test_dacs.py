@@ -14,13 +14,15 @@ from apoda.checkpoints import load_checkpoint
 from apoda.config import load_config
 from apoda.configs import resolve_config
 from apoda.engine.trainer import Trainer
+from apoda.errors import ApodaError
 from apoda.inference import load_segmenter
-from apoda.methods import build_method
+from apoda.methods import RunContext, build_method
 from apoda.methods.dacs import DACS
 from apoda.methods.parts import EMATeacher
 from apoda.mixing import (
     blur_kernel_size,
     class_mix_masks,
+    majority_cells,
     mix,
     mixed_pixel_weight,
     pseudo_labels,
@@ -185,3 +187,53 @@ def test_a_killed_dacs_run_resumes_to_the_same_student_and_teacher(
     assert state["evaluated"] == "teacher"
     for key, value in segmenter.state_dict().items():
         assert torch.equal(value, state["modules"]["teacher"][key]), key
+
+
+def test_majority_cells_follow_the_min_ratio() -> None:
+    labels = torch.full((1, 4, 8), 255)
+    labels[0, :2, :2] = 3  # a whole cell of class 3
+    labels[0, :2, 2:4] = torch.tensor([[5, 5], [5, 1]])  # 3/4 of class 5
+    labels[0, 2:, :2] = torch.tensor([[2, 2], [1, 1]])  # a tie at 1/2
+    cells = majority_cells(labels, cell=2, min_ratio=0.75, num_classes=6)
+    assert cells.tolist() == [[[3, 5, 255, 255], [255, 255, 255, 255]]]
+
+
+def _feature_distance_method(tmp_path: Path, classes: str) -> Any:
+    torch.manual_seed(0)
+    seg = build_segmenter("small", C)
+    weights = tmp_path / "imagenet.pth"  # stands in for ImageNet weights: another init
+    torch.save(build_segmenter("small", C).backbone.state_dict(), weights)
+    overrides = ["method.name=dacs", "method.imnet_feature_dist_lambda=0.005", classes]
+    config = load_config(None, [*overrides, f"model.pretrained={weights}"])
+    method = build_method(seg, config, torch.device("cpu"))
+    method.prepare(RunContext(tuple(f"c{i}" for i in range(C)), {}))
+    return method
+
+
+def test_the_feature_distance_is_the_mean_l2_over_cells_of_the_named_classes(
+    tmp_path: Path,
+) -> None:
+    method = _feature_distance_method(tmp_path, "method.imnet_feature_dist_classes=[c1, c3]")
+    fd = method.feature_distance
+    image = torch.randn(1, 3, 32, 64)
+    labels = torch.zeros(1, 32, 64, dtype=torch.long)
+    labels[0, :8, :8] = 1  # one stride-8 cell of class 1
+    labels[0, 8:16, 8:16] = 3  # one of class 3
+    features = method.segmenter.features(image).detach()
+    with torch.no_grad():
+        reference = fd.network.features(image)
+    per_cell = (features.double() - reference.double()).norm(dim=1)[0]
+    expected = (per_cell[0, 0] + per_cell[1, 1]) / 2
+    assert float(fd(features, image, labels)) == pytest.approx(float(expected), rel=1e-5)
+    labels.zero_()
+    assert float(fd(features, image, labels)) == 0.0  # no cell of the named classes
+    assert float(fd(reference, image, torch.ones_like(labels))) == 0.0  # G = its ImageNet copy
+
+
+def test_the_feature_distance_needs_imagenet_weights_and_known_classes(tmp_path: Path) -> None:
+    with pytest.raises(ApodaError, match="unknown classes \\['car'\\]"):
+        _feature_distance_method(tmp_path, "method.imnet_feature_dist_classes=[c1, car]")
+    config = load_config(None, ["method.name=dacs", "method.imnet_feature_dist_lambda=0.005"])
+    method = build_method(build_segmenter("small", C), config, torch.device("cpu"))
+    with pytest.raises(ApodaError, match="needs an ImageNet-pretrained G"):
+        method.prepare(RunContext(tuple(f"c{i}" for i in range(C)), {}))

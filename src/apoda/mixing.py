@@ -89,3 +89,18 @@ def weighted_cross_entropy(logits: Tensor, labels: Tensor, weight: Tensor) -> Te
     mixed-image loss of DACS."""
     ce = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
     return (ce * weight).mean()
+
+
+def majority_cells(
+    labels: Tensor, cell: int, min_ratio: float, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> Tensor:
+    """Labels `[B, H, W]` at the resolution of `cell` x `cell` cells: each cell's majority class
+    where it covers at least `min_ratio` of the cell's pixels, else `ignore_index` (DAFormer's
+    downscaling of labels to the feature map for the thing-class feature distance)."""
+    height, width = labels.shape[1] // cell * cell, labels.shape[2] // cell * cell
+    labels = labels[:, :height, :width]
+    index = torch.where(labels < num_classes, labels, num_classes)
+    one_hot = F.one_hot(index, num_classes + 1).permute(0, 3, 1, 2).float()
+    ratio, majority = F.avg_pool2d(one_hot, cell).max(dim=1)
+    majority[(majority == num_classes) | (ratio < min_ratio)] = ignore_index
+    return majority

@@ -161,7 +161,7 @@ class Trainer:
         ).to(self.device)
         if cfg.train.channels_last and self.device.type == "cuda":
             self.segmenter.to(memory_format=torch.channels_last)
-        self.method: Method = build_method(self.segmenter, cfg, self.device)
+        self.method: Method = build_method(self.segmenter, cfg, self.device, self.pretrained_file)
         self.method.prepare(RunContext(tuple(scheme.class_names), dict(stats["pixel_fraction"])))
         factor = functools.partial(lr_factor, total=cfg.train.iterations, optim=cfg.optim)
         self.schedulers = {

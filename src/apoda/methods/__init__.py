@@ -3,6 +3,8 @@ under the name a user types), all driven by the same training loop."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from apoda.config import Config
@@ -17,19 +19,35 @@ from apoda.models import Segmenter
 from apoda.registry import METHODS
 
 
-def loop_settings(config: Config, device: torch.device) -> LoopSettings:
-    """What the loop gives every method, from the run's config."""
-    train = config.train
+def loop_settings(
+    config: Config, device: torch.device, pretrained_file: Path | None = None
+) -> LoopSettings:
+    """What the loop gives every method, from the run's config (`pretrained_file`: what
+    built-in `model.pretrained` weights resolved to; a plain path is taken as it is)."""
+    train, pretrained = config.train, config.model.pretrained
+    if pretrained_file is None and pretrained and not pretrained.startswith("builtin:"):
+        pretrained_file = Path(pretrained)
     return LoopSettings(
-        config.optim, config.model, device, train.amp, train.nonfinite, config.data.normalisation
+        config.optim,
+        config.model,
+        device,
+        train.amp,
+        train.nonfinite,
+        config.data.normalisation,
+        pretrained_file,
     )
 
 
-def build_method(segmenter: Segmenter, config: Config, device: torch.device) -> Method:
+def build_method(
+    segmenter: Segmenter,
+    config: Config,
+    device: torch.device,
+    pretrained_file: Path | None = None,
+) -> Method:
     """The method named by `config.method.name`, around an already-built segmenter, given its
     own settings (`config.method`) and the loop's (`loop_settings`)."""
     entry = METHODS.get(config.method.name, what="method.name")
-    return entry.cls(segmenter, config.method, loop_settings(config, device))
+    return entry.cls(segmenter, config.method, loop_settings(config, device, pretrained_file))
 
 
 __all__ = [

@@ -52,6 +52,9 @@ class LoopSettings:
     nonfinite: str = "stop"
     normalisation: str = "imagenet"
     """How the loop's images are normalised (`data.normalisation`), for photometric steps."""
+    pretrained_file: Path | None = None
+    """The file `model.pretrained` resolved to (ImageNet weights), for methods that keep a
+    frozen copy of the pretrained backbone."""
 
 
 class Method(ABC):

@@ -12,9 +12,10 @@ import torch
 
 from apoda.config import check_fields, non_negative, require
 from apoda.data.transforms import Normalisation
+from apoda.errors import ApodaError
 from apoda.losses import SegLossName
 from apoda.methods.base import Batch, LoopSettings, Method, RunContext, StepLog
-from apoda.methods.parts import EMATeacher, SupervisedLoss
+from apoda.methods.parts import EMATeacher, ImageNetFeatureDistance, SupervisedLoss
 from apoda.mixing import (
     class_mix_masks,
     mix,
@@ -31,7 +32,8 @@ from apoda.registry import register_method
 class DACSSettings:
     """DACS: `ema_alpha` of the teacher (DACS 0.99, DAFormer 0.999), `pseudo_threshold` tau of
     the confidence weight, the strong transform of the mixed image, the pseudo-label rows to
-    ignore on real data (ego-car hood), and which network evaluation scores."""
+    ignore on real data (ego-car hood), which network evaluation scores, and DAFormer's
+    ImageNet feature distance (weight 0.005 there, on the thing classes, needs model.pretrained)."""
 
     name: Literal["dacs"] = "dacs"
     seg_loss: SegLossName = "ce"
@@ -44,10 +46,14 @@ class DACSSettings:
     pseudo_ignore_top: int = 0
     pseudo_ignore_bottom: int = 0
     evaluate: Literal["student", "teacher"] = "student"
+    imnet_feature_dist_lambda: float = 0.0
+    imnet_feature_dist_classes: list[str] | None = None
+    imnet_feature_dist_scale_min_ratio: float = 0.75
 
     def __post_init__(self) -> None:
         check_fields(self, "method")
         non_negative(self, "method", ["lambda_seg_aux", "color_jitter_strength"])
+        non_negative(self, "method", ["imnet_feature_dist_lambda"])
         non_negative(self, "method", ["pseudo_ignore_top", "pseudo_ignore_bottom"])
         for key in ("ema_alpha", "pseudo_threshold", "color_jitter_probability"):
             value = getattr(self, key)
@@ -69,9 +75,40 @@ class DACS(Method):
         self.teacher = EMATeacher(segmenter)
         self.modules["teacher"] = self.teacher.network
         self.normalisation = Normalisation(loop.normalisation)
+        self.feature_distance: ImageNetFeatureDistance | None = None  # set by `prepare`
 
     def prepare(self, context: RunContext) -> None:
         self.supervised.prepare(context.class_names, context.source_pixel_fraction)
+        s = self.settings
+        if s.imnet_feature_dist_lambda > 0:
+            if self.segmenter.aux_head is not None:
+                raise ApodaError("the ImageNet feature distance needs model.multi_level=false")
+            names = s.imnet_feature_dist_classes
+            unknown = sorted(set(names or ()) - set(context.class_names))
+            if unknown:
+                raise ApodaError(
+                    f"method.imnet_feature_dist_classes names unknown classes {unknown}; "
+                    f"valid: {list(context.class_names)}"
+                )
+            classes = None if names is None else [context.class_names.index(n) for n in names]
+            self.feature_distance = ImageNetFeatureDistance(
+                self.segmenter,
+                self.loop.pretrained_file,
+                classes,
+                s.imnet_feature_dist_scale_min_ratio,
+            )
+
+    def _source_loss(self, source: Batch, log: StepLog) -> torch.Tensor:
+        """L_seg on source, plus the weighted ImageNet feature distance when it is on."""
+        if self.feature_distance is None:
+            return self.supervised(source["image"], source["label"], log)[0]
+        features = self.segmenter.features(source["image"])
+        logits = self.segmenter.classify(features, tuple(source["image"].shape[2:]))
+        loss = self.supervised.loss(logits, source["label"])
+        log["loss/seg_source"] = loss.detach()
+        distance = self.feature_distance(features, source["image"], source["label"])
+        log["loss/imnet_feature_dist"] = distance.detach()
+        return loss + self.settings.imnet_feature_dist_lambda * distance
 
     @property
     def evaluated(self) -> str:
@@ -109,7 +146,7 @@ class DACS(Method):
         self.optimizers["segmenter"].zero_grad(set_to_none=True)
         images, labels, weights = self._mixed_batch(source, target, log)
         with self.autocast():
-            loss, _, _ = self.supervised(source["image"], source["label"], log)
+            loss = self._source_loss(source, log)
             mixed = weighted_cross_entropy(self.segmenter(images), labels, weights)
         log["loss/seg_mixed"] = mixed.detach()
         loss = loss + mixed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -12,9 +13,12 @@ from torch import Tensor, nn
 
 from apoda.config import OptimConfig
 from apoda.distributed import global_mean_denominator
+from apoda.errors import ApodaError
 from apoda.losses import IGNORE_INDEX, class_weights, segmentation_loss
 from apoda.methods.base import StepLog
+from apoda.mixing import majority_cells
 from apoda.models import Discriminator, Segmenter, upsample_logits
+from apoda.models.pretrained import load_pretrained
 
 
 class SupervisedLoss:
@@ -104,3 +108,41 @@ class EMATeacher:
         for teacher_b, student_b in zip(self.network.buffers(), student.buffers(), strict=True):
             teacher_b.copy_(student_b)
         return alpha_t
+
+
+class ImageNetFeatureDistance:
+    """DAFormer's thing-class feature distance: the L2 distance between the student's
+    bottleneck features (G's output) and those of a frozen copy of G with its ImageNet weights,
+    averaged over the feature cells whose label (majority of at least `min_ratio` of the cell)
+    is one of `classes` (every cell when None)."""
+
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        pretrained_file: Path | None,
+        classes: list[int] | None,
+        min_ratio: float,
+    ) -> None:
+        if pretrained_file is None:
+            raise ApodaError(
+                "the ImageNet feature distance needs an ImageNet-pretrained G: set "
+                "model.pretrained (or leave method.imnet_feature_dist_lambda at 0)"
+            )
+        self.network = copy.deepcopy(segmenter)
+        load_pretrained(self.network, pretrained_file, log=lambda _line: None)
+        self.network.requires_grad_(False)
+        self.network.eval()
+        self.classes = classes
+        self.min_ratio = min_ratio
+
+    def __call__(self, features: Tensor, image: Tensor, labels: Tensor) -> Tensor:
+        """The mean distance over the selected cells (0 when there is none)."""
+        with torch.no_grad():
+            reference = self.network.features(image).float()
+        distance = (features.float() - reference).norm(dim=1)
+        if self.classes is not None:
+            cell = labels.shape[-1] // distance.shape[-1]
+            cells = majority_cells(labels, cell, self.min_ratio, self.network.num_classes)
+            selected = torch.isin(cells, torch.tensor(self.classes, device=cells.device))
+            distance = distance[..., : cells.shape[1], : cells.shape[2]][selected]
+        return distance.mean() if distance.numel() else features.sum() * 0.0
