@@ -39,7 +39,7 @@ from apoda.errors import ApodaError
 from apoda.methods import Batch, Method, build_method
 from apoda.models import build_segmenter
 
-METHODS = ("source_only", "asn", "advent", "apoda")
+METHODS = ("source_only", "asn", "advent", "apoda", "dacs")
 NUM_CLASSES = 19
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -290,17 +290,18 @@ def time_setting(setting: Setting, args: argparse.Namespace, device: torch.devic
 
 
 def ratios(rows: list[dict], key: str) -> dict[str, dict[str, float]]:
-    """APODA's `key` over each baseline's, per backbone."""
+    """APODA's and DACS's `key` over each baseline's, per backbone."""
     table = {(r["method"], r["backbone"]): r[key] for r in rows}
     out: dict[str, dict[str, float]] = {}
-    for base in ("asn", "advent", "source_only"):
-        per = {
-            bb: round(table[("apoda", bb)] / table[(base, bb)], 3)
-            for (m, bb) in table
-            if m == "apoda" and (base, bb) in table and table[(base, bb)] > 0
-        }
-        if per:
-            out[f"apoda_over_{base}"] = per
+    for method in ("apoda", "dacs"):
+        for base in ("asn", "advent", "source_only"):
+            per = {
+                bb: round(table[(method, bb)] / table[(base, bb)], 3)
+                for (m, bb) in table
+                if m == method and (base, bb) in table and table[(base, bb)] > 0
+            }
+            if per:
+                out[f"{method}_over_{base}"] = per
     return out
 
 

@@ -27,13 +27,17 @@ def test_step_time_times_every_method_and_writes_ratios(tmp_path: Path) -> None:
         "--size", "32x64", "--batch", "2", "--no-memory", "--threads", "1", "--out", str(out),
     )  # fmt: skip
     result = json.loads(out.read_text())
-    assert [r["method"] for r in result["rows"]] == ["source_only", "asn", "advent", "apoda"]
+    methods = ["source_only", "asn", "advent", "apoda", "dacs"]
+    assert [r["method"] for r in result["rows"]] == methods
     assert all(r["sec_per_iter_median"] > 0 and r["gflop_per_iter"] > 0 for r in result["rows"])
     flops = {r["method"]: r["gflop_per_iter"] for r in result["rows"]}
     assert result["flop_ratios"]["apoda_over_asn"]["small"] == round(
         flops["apoda"] / flops["asn"], 3
     )
-    assert "| apoda | small | 2 x 32x64 |" in printed
+    assert result["flop_ratios"]["dacs_over_source_only"]["small"] == round(
+        flops["dacs"] / flops["source_only"], 3
+    )
+    assert "| apoda | small | 2 x 32x64 |" in printed and "| dacs | small |" in printed
 
 
 def test_eval_speed_writes_images_per_second(tmp_path: Path) -> None:
