@@ -67,6 +67,7 @@ from step_time import (  # the sibling script: inputs, sync, machine, JSON and t
     Setting,
     batches,
     machine,
+    methods_for,
     print_markdown,
     proc_status_mb,
     sync,
@@ -337,7 +338,7 @@ def section_train_step(args: argparse.Namespace, device: torch.device) -> dict[s
         setting = settings[key]
         inputs = batches(setting, device)
         for precision in PRECISIONS:
-            for name in METHODS:
+            for name in methods_for(setting, METHODS):
                 row = time_method(setting, name, precision, inputs, args, device)
                 rows.append(row)
                 print(f"  train_step {key} {precision} {name}: {_step_text(row)}", flush=True)

@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +41,10 @@ from apoda.methods import Batch, Method, build_method
 from apoda.models import build_segmenter
 
 METHODS = ("source_only", "asn", "advent", "apoda", "dacs")
+PIXEL_MIXING = ("dacs",)
+"""Methods that paste source pixels onto target images: they need one size for both domains
+(their configs crop both), so settings with two sizes leave them out."""
+
 NUM_CLASSES = 19
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -73,6 +78,13 @@ DEFAULTS = {
         "efficientnet_lite0", "efficientnet_lite0", (256, 512), (256, 512), 1
     ),
 }
+
+
+def methods_for(setting: Setting, names: Sequence[str]) -> list[str]:
+    """The methods a setting can run: pixel-mixing ones only where source and target share a
+    size."""
+    same = setting.source == setting.target
+    return [n for n in names if same or n not in PIXEL_MIXING]
 
 
 def parse_sizes(text: str) -> tuple[Size, Size]:
@@ -233,7 +245,9 @@ def measure_memory_subprocess(name: str, setting: Setting, args: argparse.Namesp
 def time_setting(setting: Setting, args: argparse.Namespace, device: torch.device) -> list[dict]:
     """Round-robin timing of every method on one setting; FLOPs and memory per method."""
     torch.manual_seed(0)
-    methods = {name: build(name, setting, device, args.amp) for name in args.methods}
+    methods = {
+        name: build(name, setting, device, args.amp) for name in methods_for(setting, args.methods)
+    }
     source, target = batches(setting, device)
     times: dict[str, list[float]] = {name: [] for name in methods}
     cpu_times: dict[str, list[float]] = {name: [] for name in methods}
@@ -422,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     started = machine(device)
     rows = []
     for setting in settings:
-        print(f"{setting.key}: {setting.size_label}, methods {', '.join(args.methods)}", flush=True)
+        names = methods_for(setting, args.methods)
+        print(f"{setting.key}: {setting.size_label}, methods {', '.join(names)}", flush=True)
         rows += time_setting(setting, args, device)
     out = Path(args.out)
     machines = {s.key: {**started, "load_average_at_end": list(os.getloadavg())} for s in settings}

@@ -122,6 +122,13 @@ class DACS(Method):
     def _mixed_batch(self, source: Batch, target: Batch, log: StepLog) -> tuple[Any, Any, Any]:
         """The ClassMix images (strongly transformed), their labels and pixel weights."""
         s = self.settings
+        if source["image"].shape != target["image"].shape:
+            raise ApodaError(
+                "DACS pastes source pixels onto target images: both batches need one size, got "
+                f"source {tuple(source['image'].shape[2:])} and target "
+                f"{tuple(target['image'].shape[2:])} (set data.crop, or data.source_size and "
+                "data.target_size alike)"
+            )
         with torch.no_grad(), self.autocast():
             teacher_logits = self.teacher.network(target["image"])
         pseudo, weight = pseudo_labels(teacher_logits, s.pseudo_threshold)
