@@ -50,8 +50,11 @@ def test_run_folder_has_every_file_and_the_metrics_contract(tmp_path: Path) -> N
         "report.md",
         "samples.npz",
         "stats/source.json",
+        "stats/target.json",
     ):
         assert (run / name).exists(), name
+    target = json.loads((run / "stats" / "target.json").read_text())
+    assert target["split"] == "val" and target["tail_classes"] == metrics["tail_classes"]
     assert any((run / "tb").iterdir())
     saved = json.loads((run / "metrics.json").read_text())
     for key in (

@@ -516,7 +516,7 @@ def _tiny_minicity_config() -> dict[str, Any]:
 
 def test_class_distribution_draws_the_targets_labelled_val_split(tmp_path: Path) -> None:
     folder = _make_run(tmp_path, "run", [50.0, 40.0, 30.0, 20.0], samples=False)
-    (folder / "stats" / "target.json").unlink()  # as training writes it: source stats only
+    (folder / "stats" / "target.json").unlink()  # as runs of apoda 0.2 left it: source only
     (folder / "config.yaml").write_text(yaml.safe_dump(_tiny_minicity_config()))
     found = domain_stats([read_run(folder)])
     assert found is not None and found.target_missing is None

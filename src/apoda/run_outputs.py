@@ -21,6 +21,7 @@ import torch
 from apoda import runs
 from apoda.config import Config
 from apoda.data.io import SegmentationDataset
+from apoda.engine.data import target_val_stats
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,13 @@ FinishHook = Callable[[FinishedRun], None]
 
 
 def write_source_stats(run: FinishedRun) -> None:
-    """stats/source.json: the source labels' class distribution and tail classes."""
+    """stats/source.json: the source labels' class distribution and tail classes; and
+    stats/target.json, the target val split's (the report draws both without re-reading data)."""
     stats_dir = run.run_dir / runs.STATS_DIR
     stats_dir.mkdir(exist_ok=True)
     (stats_dir / "source.json").write_text(json.dumps(run.source_stats, indent=1))
+    target = target_val_stats(run.val, run.config.data.target, run.metrics.get("tail_classes"))
+    (stats_dir / "target.json").write_text(json.dumps(target, indent=1))
 
 
 def write_samples(run: FinishedRun) -> None:

@@ -131,6 +131,18 @@ def source_draw(config: Config, source: SegmentationDataset) -> Callable[..., li
     return RareClassSampling.from_counts(counts, data.rcs_temperature, data.rcs_min_pixels).draw
 
 
+def target_val_stats(
+    val: SegmentationDataset, target: str, tail: list[str] | None
+) -> dict[str, Any]:
+    """Class statistics of a run's labelled target val split (cached as `source_stats`), with
+    the tail classes evaluation uses (the source's) instead of the split's own rare ones."""
+    stats = dict(source_stats(val, f"{target}-val"))
+    stats.update(dataset=target, split="val")
+    if tail:
+        stats["tail_classes"] = list(tail)
+    return stats
+
+
 def source_stats(dataset: SegmentationDataset, name: str) -> dict[str, Any]:
     """Class statistics of the source labels, cached beside the dataset cache by root and size."""
     from apoda.data.minicity import cache_dir

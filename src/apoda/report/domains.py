@@ -31,21 +31,16 @@ def target_val_stats(run: Run) -> dict[str, Any]:
     if not isinstance(run.config.get("data"), Mapping):
         raise ApodaError(f"{run.path / 'config.yaml'} names no dataset (no data section)")
     from apoda.config import config_from_dict
-    from apoda.engine.data import build_run_data, source_stats
+    from apoda.engine.data import build_run_data
+    from apoda.engine.data import target_val_stats as val_split_stats
 
+    source = (run.stats or {}).get("source") or {}
     try:
         config = config_from_dict(run.config, saved=True)
         val = build_run_data(config, need_train=False).val
-        # source_stats is the cached compute_stats of any labelled dataset, keyed by name+files
-        stats = dict(source_stats(val, f"{config.data.target}-val"))
+        return val_split_stats(val, config.data.target, tail_of(run.metrics) or tail_of(source))
     except (OSError, ValueError) as exc:
         raise ApodaError(f"target val labels of {run.name} unreadable ({exc})") from exc
-    stats.update(dataset=config.data.target, split="val")
-    source = (run.stats or {}).get("source") or {}
-    tail = tail_of(run.metrics) or tail_of(source)
-    if tail:  # mark the classes evaluation calls tail, not the target's own rare ones
-        stats["tail_classes"] = tail
-    return stats
 
 
 def _label(domain: str, stats: Mapping[str, Any]) -> str:
