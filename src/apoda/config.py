@@ -228,7 +228,10 @@ class TrainConfig:
     """The loop: length, evaluation, checkpoints, logs, seed, device.
 
     `eval_every: 0` evaluates only once, at the end (then `select_best` has nothing to select
-    among and is an error); `samples: 0` writes no sample images."""
+    among and is an error); `samples: 0` writes no sample images. A method with a mean teacher
+    has its pseudo-labels on `probe_images` target training images compared at every
+    evaluation (`apoda.engine.pseudo_probe`; 0: off); `settle_tolerance` is the label-free
+    budget rule's threshold on the change of their agreement between evaluations."""
 
     iterations: int = 1000
     eval_every: int = 250
@@ -242,11 +245,14 @@ class TrainConfig:
     nonfinite: NonfiniteMode = "stop"
     samples: int = 6
     progress: bool = True
+    probe_images: int = 32
+    settle_tolerance: float = 0.005
 
     def __post_init__(self) -> None:
         check_fields(self, "train")
         at_least_one(self, "train", ["iterations", "log_every", "checkpoint_every"])
-        for key in ("eval_every", "samples"):
+        non_negative(self, "train", ["settle_tolerance"])
+        for key in ("eval_every", "samples", "probe_images"):
             require(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "0 (off) or more")
         if self.select_best and self.eval_every == 0:
             raise ApodaError(

@@ -185,7 +185,11 @@ class RunLog:
         for name, value in metrics["per_class"].items():
             if value is not None:
                 self.writer.add_scalar(f"eval_class/{name}", value, iteration)
-        keys = ("miou", "head_miou", "tail_miou", "per_class", "subsets")
+        probe = metrics.get("pseudo_labels") or {}
+        for key in ("agreement", "confident_share", "accuracy"):
+            if probe.get(key) is not None:
+                self.writer.add_scalar(f"pseudo_labels/{key}", probe[key], iteration)
+        keys = ("miou", "head_miou", "tail_miou", "per_class", "subsets", "pseudo_labels")
         self._write(
             {
                 "kind": "eval",
@@ -215,6 +219,8 @@ NOT_RESULT_KEYS = frozenset(
         "data.num_workers",
         "data.eval_batch_size",
         "model.init_from",
+        "train.probe_images",
+        "train.settle_tolerance",
     }
 )
 """Config keys that do not change what a run computes: a finished run may be reused, and an

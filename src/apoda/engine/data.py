@@ -106,6 +106,26 @@ def build_run_data(config: Config, need_train: bool = True) -> RunData:
     return RunData(scheme, classes, source, target, val)
 
 
+def build_probe_data(config: Config, images: int, run: RunData) -> SegmentationDataset:
+    """The first `images` target training images at the training size, without augmentation,
+    with their labels where the dataset has them (all-ignore otherwise): the pseudo-label
+    probe's images (`apoda.engine.pseudo_probe`)."""
+    data = config.data
+    tgt = get_dataset(data.target, "target", "data.target")
+    root = dataset_root(tgt, data.target, data, "target")
+    labels = run.scheme if tgt.classes is None else tgt.classes(root, run.classes)
+    options: dict[str, Any] = {
+        "size": _size(data.target_size),
+        "max_items": images,
+        "normalisation": data.normalisation,
+        "seed": config.train.seed,
+    }
+    try:
+        return tgt.build(root, "train", labels, **options)
+    except ApodaError:  # a target without training labels: agreement only
+        return tgt.build(root, "train", labels, labelled=False, **options)
+
+
 def _augment(data: DataConfig) -> AugmentConfig | None:
     """The training augmentation the config asks for; None without any."""
     if not (data.flip or data.random_scale or data.crop or data.photometric):

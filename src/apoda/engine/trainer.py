@@ -32,7 +32,15 @@ from apoda.distributed import (
     mean_over_ranks,
     resolve_device,
 )
-from apoda.engine.data import CyclingLoader, RunData, build_run_data, source_draw, source_stats
+from apoda.engine.data import (
+    CyclingLoader,
+    RunData,
+    build_probe_data,
+    build_run_data,
+    source_draw,
+    source_stats,
+)
+from apoda.engine.pseudo_probe import PseudoLabelProbe
 from apoda.errors import ApodaError, RunInterrupted
 from apoda.evaluation import evaluate_segmenter
 from apoda.methods import Method, RunContext, build_method
@@ -182,6 +190,21 @@ class Trainer:
         self.target_loader = CyclingLoader(
             self.data.target, batch, seed + 1, self.rank, self.world, workers
         )
+        self.probe = self._pseudo_label_probe()
+
+    def _pseudo_label_probe(self) -> PseudoLabelProbe | None:
+        """The probe of a method with a mean teacher (the module named `teacher`), on the main
+        process; None for other methods or with `train.probe_images: 0`."""
+        cfg = self.config
+        if not self.main or "teacher" not in self.method.modules or not cfg.train.probe_images:
+            return None
+        return PseudoLabelProbe(
+            build_probe_data(cfg, cfg.train.probe_images, self.data),
+            self.data.scheme.class_names,
+            getattr(self.method.settings, "pseudo_threshold", None),
+            cfg.train.settle_tolerance,
+            cfg.data.eval_batch_size,
+        )
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _state(self, iteration: int) -> dict[str, Any]:
@@ -201,6 +224,8 @@ class Trainer:
             "classes": self.data.classes.to_dict(),
             "evaluated": self.method.evaluated,
         }
+        if self.probe is not None:
+            state["pseudo_label_probe"] = self.probe.state_dict()
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -215,6 +240,8 @@ class Trainer:
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.best = state.get("best")
+        if self.probe is not None and "pseudo_label_probe" in state:
+            self.probe.load_state_dict(state["pseudo_label_probe"])
         return int(state["iteration"])
 
     def _save(self, iteration: int) -> None:
@@ -244,6 +271,15 @@ class Trainer:
             iteration=iteration,
             checkpoint=checkpoint,
         )
+        if self.probe is not None:
+            probed = self.probe.measure(self.method.modules["teacher"], self.device, iteration)
+            metrics["pseudo_labels"] = probed
+            if probed["settled_at"] == iteration:
+                self._print(
+                    f"iteration {iteration}: the teacher's pseudo-labels have settled (their "
+                    "agreement with the previous evaluation's moved by less than "
+                    f"train.settle_tolerance={self.config.train.settle_tolerance})"
+                )
         self.method.set_train_mode()
         return metrics
 
