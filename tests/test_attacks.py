@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -185,6 +186,43 @@ def test_attack_leaves_f_and_d_untouched() -> None:
     for k, v in disc.state_dict().items():
         assert torch.equal(v, before_d[k]), k
     assert classifier.training  # mode restored
+
+
+def test_without_a_discriminator_the_attack_follows_eq6_without_its_domain_term() -> None:
+    classifier, _, f, labels = _setup(7)
+    classifier, f = classifier.double(), f.double()  # float64: the reference's signs are exact
+    cfg = AttackConfig(name="i_fgspm", iterations=1)
+    got1, diag1 = perturb_features(classifier, None, f, "source", cfg, SIZE, labels=labels)
+    got2, diag2 = perturb_features(
+        classifier, None, f, "source", dataclasses.replace(cfg, iterations=2), SIZE, labels=labels
+    )
+    classifier.eval()
+
+    def g_seg(x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().requires_grad_(True)
+        probs = upsample_logits(classifier(x), SIZE).softmax(1)
+        return torch.autograd.grad(lovasz_softmax(probs, labels), x)[0]
+
+    # A wrong sign anywhere would put an element 2 * eps_seg = 0.022 off; 1e-12 is rounding.
+    # Iteration 1 starts at f* = f, where the L2 term's gradient is 0 (sign 0): L_seg alone moves.
+    expected1 = f + cfg.eps_seg * g_seg(f).sign()
+    torch.testing.assert_close(got1, expected1, rtol=0, atol=1e-12)
+    # Iteration 2: Eq. (6) without L_adv; f* != f everywhere now, so the L2 sign is -1 or +1.
+    g_l2 = _l2_grad(expected1, f)
+    assert bool((g_l2 != 0).all())
+    expected2 = expected1 + (cfg.eps_seg * g_seg(expected1).sign() - cfg.eps_l2 * g_l2.sign())
+    torch.testing.assert_close(got2, expected2, rtol=0, atol=1e-12)
+    for diag in (diag1, diag2):
+        assert not any(k.startswith("grad_adv") for k in diag) and "grad_seg/k0" in diag
+    assert diag1["grad_l2/k0"].item() == 0.0 and "grad_seg/k1" in diag2
+    # I-FGSM (Eq. 4) without its beta_adv term: one sign over beta_seg * g_seg - beta_l2 * g_l2
+    fgsm = AttackConfig(name="i_fgsm", iterations=1, fgsm_eps=0.02, beta_seg=2.0)
+    got, _ = perturb_features(classifier, None, f, "source", fgsm, SIZE, labels=labels)
+    torch.testing.assert_close(got, f + 0.02 * g_seg(f).sign(), rtol=0, atol=1e-12)
+    with pytest.raises(ApodaError, match="without a discriminator"):
+        perturb_features(classifier, None, f, "target", cfg, SIZE, labels=labels)
+    with pytest.raises(ApodaError, match="without a discriminator"):
+        perturb_features(classifier, None, f, "source", cfg, SIZE)
 
 
 def test_bad_settings_are_named() -> None:

@@ -3,6 +3,7 @@ pseudo-label weight, the EMA teacher, the step, and a run that resumes to the sa
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from apoda.attacks import perturb_features
 from apoda.checkpoints import load_checkpoint
 from apoda.config import load_config
 from apoda.configs import resolve_config
@@ -28,10 +30,11 @@ from apoda.mixing import (
     pseudo_labels,
     weighted_cross_entropy,
 )
-from apoda.models import build_segmenter
+from apoda.models import Segmenter, build_segmenter
 from conftest import TINY
 
 C = 5
+DEVICE = torch.device("cpu")
 
 
 def test_class_mix_pastes_whole_classes_half_of_those_present() -> None:
@@ -147,6 +150,95 @@ def test_a_dacs_step_trains_the_student_and_moves_the_teacher_only_by_ema() -> N
     assert not torch.equal(method.modules["teacher"].state_dict()["head.conv2d_list.0.weight"],
                            teacher0["head.conv2d_list.0.weight"])  # fmt: skip
     assert "teacher" in method.state_dict()["modules"] and method.evaluated == "segmenter"
+
+
+def _perturbing_step(lam: float) -> tuple[Any, dict[str, Any], Segmenter]:
+    """One DACS step (iteration 0) on fixed tiny data with `perturbation_lambda` = lam, the same
+    initial weights and RNG state for every lam; returns the method, the step's log and inputs
+    (mixed images, labels, weights), and the segmenter as it was before the step."""
+    torch.manual_seed(0)
+    # tau 0.22: about 2/3 of the untrained teacher's pixels are confident, so pseudo-labelled
+    # pixels weigh in as well as pasted ones
+    overrides = ["method.name=dacs", "optim.lr=0.01", "method.pseudo_threshold=0.22"]
+    overrides.append(f"method.perturbation_lambda={lam}")
+    method = build_method(build_segmenter("small", C), load_config(None, overrides), DEVICE)
+    gen = torch.Generator().manual_seed(1)
+    source = {
+        "image": torch.randn(2, 3, 32, 64, generator=gen),
+        "label": torch.randint(0, C, (2, 32, 64), generator=gen),
+    }
+    target = {"image": torch.randn(2, 3, 32, 64, generator=gen)}
+    before = copy.deepcopy(method.segmenter)
+    seen: dict[str, Any] = {}
+    mixed_batch = method._mixed_batch
+
+    def recording(*args: Any) -> Any:
+        seen["images"], seen["labels"], seen["weights"] = out = mixed_batch(*args)
+        return out
+
+    method._mixed_batch = recording
+    torch.manual_seed(2)  # the same ClassMix and photometric draws for every lam
+    seen["log"] = method.train_step(source, target, 0)
+    method._mixed_batch = mixed_batch
+    seen["source"], seen["target"] = source, target
+    return method, seen, before
+
+
+def test_the_feature_perturbation_trains_f_on_perturbed_mixed_features_and_never_g() -> None:
+    lam = 0.5
+    plain, plain_seen, _ = _perturbing_step(0.0)
+    method, seen, before = _perturbing_step(lam)
+    log = seen["log"]
+    assert "loss/seg_mixed_adv" not in plain_seen["log"]
+    assert not any(k.startswith("attack/") for k in plain_seen["log"])
+    assert {"attack/mixed/grad_seg/k2", "attack/mixed/grad_l2/k2", "attack/mixed/l2/k2"} <= set(log)
+    assert not any(k.startswith("attack/mixed/grad_adv") for k in log)  # DACS has no D
+    assert torch.equal(seen["images"], plain_seen["images"])  # the same draws
+    assert 0 < log["self_training/pseudo_weight"].item() < 1
+    # (c) the new term is lam * weighted CE of F on f*, f* the attack on G(mixed) (pre-step
+    # weights), with the mixed labels; the attack itself is checked against Eq. (6) in
+    # tests/test_attacks.py.
+    images, labels, weights = seen["images"], seen["labels"], seen["weights"]
+    size = tuple(images.shape[2:])
+    with torch.no_grad():
+        features = before.features(images)
+    f_star, _ = perturb_features(
+        before.classifier, None, features, "source", method.settings.attack, size, labels=labels
+    )
+    with torch.no_grad():
+        logits = before.classify(f_star, size)
+    ce = torch.nn.functional.cross_entropy(logits, labels, ignore_index=255, reduction="none")
+    expected = (ce * weights).mean()
+    assert log["loss/seg_mixed_adv"].item() == pytest.approx(expected.item(), rel=1e-6)
+    total = log["loss/seg_source"] + log["loss/seg_mixed"] + lam * log["loss/seg_mixed_adv"]
+    assert log["loss/total"].item() == pytest.approx(total.item(), rel=1e-6)
+    assert log["loss/seg_mixed"].item() == plain_seen["log"]["loss/seg_mixed"].item()
+    # (b) f* is detached: G's gradient is the plain step's, bit for bit; F's is not
+    g_names = {n for n, _ in method.segmenter.feature_extractor.named_parameters()}
+    assert g_names
+    grads = {n: p.grad for n, p in method.segmenter.feature_extractor.named_parameters()}
+    plain_grads = {n: p.grad for n, p in plain.segmenter.feature_extractor.named_parameters()}
+    for name in g_names:
+        assert torch.equal(grads[name], plain_grads[name]), name
+    f_grads = [p.grad for p in method.segmenter.classifier.parameters()]
+    f_plain = [p.grad for p in plain.segmenter.classifier.parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(f_grads, f_plain, strict=True))
+    # (a) the teacher still follows the student: at iteration 1 the mean of it and the student
+    teacher0 = [p.clone() for p in method.modules["teacher"].parameters()]
+    student1 = [p.detach().clone() for p in method.segmenter.parameters()]
+    method.train_step(seen["source"], seen["target"], 1)
+    for t0, s1, t in zip(teacher0, student1, method.modules["teacher"].parameters(), strict=True):
+        assert torch.equal(t, t0.mul_(0.5).add_(s1, alpha=0.5))
+    assert not all(torch.equal(a, b) for a, b in zip(teacher0, student1, strict=True))
+
+
+def test_the_feature_perturbation_refuses_a_multi_level_segmenter() -> None:
+    config = load_config(None, ["method.name=dacs", "method.perturbation_lambda=1"])
+    segmenter = build_segmenter("small", C, multi_level=True)
+    with pytest.raises(ApodaError, match=r"method\.perturbation_lambda > 0 needs model\.multi"):
+        build_method(segmenter, config, DEVICE)
+    with pytest.raises(ApodaError, match="perturbation_lambda"):
+        load_config(None, ["method.name=dacs", "method.perturbation_lambda=-1"])
 
 
 def _run(out: Path, iterations: int, *extra: str) -> Trainer:

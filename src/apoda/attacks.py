@@ -8,6 +8,11 @@ moves. Gradients of the attack objectives:
   L_adv(P*)  the term of Eq. (2) for the features' own domain (ascent confuses D),
   L_2(f*, f) mean over positions of the channel-wise L2 distance (descent keeps f* near f),
   L_seg(P*)  Lovász-Softmax (Eq. 3) or cross-entropy on source labels (ascent).
+
+Without a discriminator (D = None, ours: for methods that have no D, such as DACS) there is no
+domain term: the attack ascends L_seg on the given labels (required then; they may be
+pseudo-labels) and descends L_2, i.e. Eq. (6) without its L_adv term (Eq. (4) without its
+beta_adv term for I-FGSM), and the diagnostics hold no `grad_adv` entries.
 """
 
 from __future__ import annotations
@@ -103,28 +108,38 @@ def l2_distance_grad(perturbed: Tensor, clean: Tensor) -> Tensor:
     return torch.where(norm > 0, diff / norm.clamp_min(1e-30), torch.zeros_like(diff)) / positions
 
 
+def _seg_loss(logits: Tensor, probs: Tensor, labels: Tensor, seg_objective: str) -> Tensor:
+    """L_seg(P*) of Eq. (4) and (6): Lovász-Softmax (Eq. 3) or cross-entropy on `labels`."""
+    if seg_objective == "lovasz":
+        return lovasz_softmax(probs, labels)
+    return cross_entropy(logits, labels)
+
+
 def _objective_grads(
     classifier: nn.Module,
-    discriminator: nn.Module,
+    discriminator: nn.Module | None,
     perturbed: Tensor,
     domain: Literal["source", "target"],
     labels: Tensor | None,
     out_size: tuple[int, int],
     seg_objective: str,
 ) -> dict[str, Tensor]:
-    """Gradients w.r.t. f* of L_adv and (for source) L_seg, from one forward of F and D."""
+    """Gradients w.r.t. f* of L_adv (with a D) and (for source) L_seg, from one forward of F
+    and D."""
     f_star = perturbed.detach().requires_grad_(True)
     logits = upsample_logits(classifier(f_star), out_size)
     probs = logits.softmax(1)
+    if discriminator is None:
+        # Eq. (6) without its L_adv term: no D, so L_seg is the only objective F's output gives.
+        assert labels is not None
+        (grad_seg,) = torch.autograd.grad(_seg_loss(logits, probs, labels, seg_objective), f_star)
+        return {"seg": grad_seg}
     loss_adv = domain_loss(discriminator(probs), domain)
     if domain == "target":
         (grad_adv,) = torch.autograd.grad(loss_adv, f_star)
         return {"adv": grad_adv}
     assert labels is not None
-    if seg_objective == "lovasz":
-        loss_seg = lovasz_softmax(probs, labels)
-    else:
-        loss_seg = cross_entropy(logits, labels)
+    loss_seg = _seg_loss(logits, probs, labels, seg_objective)
     grad_adv, grad_seg = (
         torch.autograd.grad(loss_adv, f_star, retain_graph=True)[0],
         torch.autograd.grad(loss_seg, f_star)[0],
@@ -140,7 +155,7 @@ def _normalise_l1(grad: Tensor) -> Tensor:
 
 def perturb_features(
     classifier: nn.Module,
-    discriminator: nn.Module,
+    discriminator: nn.Module | None,
     features: Tensor,
     domain: Literal["source", "target"],
     config: AttackConfig,
@@ -152,8 +167,17 @@ def perturb_features(
     Diagnostics hold, for each iteration k, the mean |gradient| of each objective
     (`grad_adv/k{k}`, `grad_l2/k{k}`, `grad_seg/k{k}`: the paper's Fig. 3) and the L2 distance of
     f* from f after the update (`l2/k{k}`), as 0-dim tensors (converted only when logged).
+
+    `discriminator=None` drops the domain term (L_adv) from every update: the attack then needs
+    `domain="source"` and `labels` (L_seg is its only objective besides L_2).
     """
     config.validate()
+    if discriminator is None and (domain != "source" or labels is None):
+        raise ApodaError(
+            "an attack without a discriminator has L_seg as its only objective: it needs "
+            f'domain "source" and labels, got domain {domain!r}'
+            + (" and no labels" if labels is None else "")
+        )
     if domain == "source" and labels is None:
         raise ApodaError("perturbing source features needs the source labels (Eq. 6)")
     clean = features.detach()
@@ -175,7 +199,8 @@ def perturb_features(
     }
     momentum: dict[str, Tensor] = {}
     perturbed = clean
-    with _eval_mode(classifier, discriminator):
+    modules = [m for m in (classifier, discriminator) if m is not None]
+    with _eval_mode(*modules):
         for k in range(steps):
             grads = _objective_grads(
                 classifier, discriminator, perturbed, domain, labels, out_size, config.seg_objective
@@ -186,7 +211,10 @@ def perturb_features(
                 diagnostics[f"grad_{name}/k{k}"] = grad.abs().mean()
             if config.name == "i_fgsm":
                 # Eq. (4): one sign over the weighted sum of the objectives' gradients.
-                combined = config.beta_adv * grads["adv"] - config.beta_l2 * grads["l2"]
+                if "adv" in grads:
+                    combined = config.beta_adv * grads["adv"] - config.beta_l2 * grads["l2"]
+                else:  # no D: Eq. (4) without its beta_adv term
+                    combined = -config.beta_l2 * grads["l2"]
                 if "seg" in grads:
                     combined = combined + config.beta_seg * grads["seg"]
                 step = config.fgsm_eps * combined.sign()
@@ -198,7 +226,10 @@ def perturb_features(
                         )
                     grads = dict(momentum)
                 # Eq. (5) (target) and Eq. (6) (source): each objective signed on its own.
-                step = eps["adv"] * grads["adv"].sign() - eps["l2"] * grads["l2"].sign()
+                if "adv" in grads:
+                    step = eps["adv"] * grads["adv"].sign() - eps["l2"] * grads["l2"].sign()
+                else:  # no D: Eq. (6) without its L_adv term
+                    step = -eps["l2"] * grads["l2"].sign()
                 if "seg" in grads:
                     step = step + eps["seg"] * grads["seg"].sign()
             perturbed = perturbed + scale * step

@@ -1,15 +1,22 @@
 """Self-training with cross-domain mixing (DACS, Tranheden et al., WACV 2021; the settings of
 DAFormer's `mmseg/models/uda/dacs.py`): a mean teacher's pseudo-labels on target images, source
 classes pasted onto them (ClassMix), and the student trained on source and on the mixed images.
-Unlike APODA, G trains."""
+Unlike APODA, G trains.
+
+With `perturbation_lambda > 0` (ours, issue 25) APODA's point-wise feature perturbation
+regularises the mixed-image term: the mixed images' features are attacked with the mixed labels
+(Eq. 6 without its L_adv term: DACS has no D) and F is also trained on the perturbed features
+(Eq. 9's L_seg(P*) term). The perturbed features are detached, so that term trains F only."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from torch import Tensor
 
+from apoda.attacks import AttackConfig, perturb_features
 from apoda.config import check_fields, non_negative, require
 from apoda.data.transforms import Normalisation
 from apoda.errors import ApodaError
@@ -33,7 +40,10 @@ class DACSSettings:
     """DACS: `ema_alpha` of the teacher (DACS 0.99, DAFormer 0.999), `pseudo_threshold` tau of
     the confidence weight, the strong transform of the mixed image, the pseudo-label rows to
     ignore on real data (ego-car hood), which network evaluation scores, and DAFormer's
-    ImageNet feature distance (weight 0.005 there, on the thing classes, needs model.pretrained)."""
+    ImageNet feature distance (weight 0.005 there, on the thing classes, needs model.pretrained).
+
+    `perturbation_lambda` (ours; 0 = off, plain DACS) weights the weighted CE of F on the mixed
+    images' features perturbed by `attack` (APODA's step 2 without D, on the mixed labels)."""
 
     name: Literal["dacs"] = "dacs"
     seg_loss: SegLossName = "ce"
@@ -49,11 +59,13 @@ class DACSSettings:
     imnet_feature_dist_lambda: float = 0.0
     imnet_feature_dist_classes: list[str] | None = None
     imnet_feature_dist_scale_min_ratio: float = 0.75
+    perturbation_lambda: float = 0.0
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
     def __post_init__(self) -> None:
         check_fields(self, "method")
         non_negative(self, "method", ["lambda_seg_aux", "color_jitter_strength"])
-        non_negative(self, "method", ["imnet_feature_dist_lambda"])
+        non_negative(self, "method", ["imnet_feature_dist_lambda", "perturbation_lambda"])
         non_negative(self, "method", ["pseudo_ignore_top", "pseudo_ignore_bottom"])
         for key in ("ema_alpha", "pseudo_threshold", "color_jitter_probability"):
             value = getattr(self, key)
@@ -70,6 +82,11 @@ class DACS(Method):
 
     def __init__(self, segmenter: Segmenter, settings: Any, loop: LoopSettings) -> None:
         super().__init__(segmenter, settings, loop)
+        if settings.perturbation_lambda > 0 and segmenter.aux_head is not None:
+            raise ApodaError(
+                "method.perturbation_lambda > 0 needs model.multi_level=false: the feature "
+                "perturbation is defined for the main head only"
+            )
         self.supervised = SupervisedLoss(segmenter, settings.seg_loss, settings.lambda_seg_aux)
         self.optimizers["segmenter"] = self.segmenter_optimizer()
         self.teacher = EMATeacher(segmenter)
@@ -145,6 +162,28 @@ class DACS(Method):
         weights = mixed_pixel_weight(masks, weight, s.pseudo_ignore_top, s.pseudo_ignore_bottom)
         return self.normalisation.from_unit_rgb(unit), labels, weights
 
+    def _perturbed_mixed_loss(
+        self, features: Tensor, labels: Tensor, weights: Tensor, log: StepLog
+    ) -> Tensor:
+        """Weighted CE of F on the mixed images' features perturbed point by point (APODA's step
+        2 and Eq. 9's L_seg(P*) term, with the mixed labels for the source labels), unscaled."""
+        size = tuple(labels.shape[1:])
+        # Eq. (6) without its L_adv term (DACS has no D, so no domain term): ascend L_seg on the
+        # mixed labels, descend L_2. In float32 outside autocast, as in APODA: signs must be exact.
+        f_adv, diagnostics = perturb_features(
+            self.segmenter.classifier,
+            None,
+            features.detach().float(),
+            "source",
+            self.settings.attack,
+            (size[0], size[1]),
+            labels=labels,
+        )
+        log.update({f"attack/mixed/{k}": v for k, v in diagnostics.items()})
+        with self.autocast():
+            # Eq. (9)'s L_seg(P*) term: f* is detached, so it trains F, never G.
+            return weighted_cross_entropy(self.segmenter.classify(f_adv, size), labels, weights)
+
     def train_step(self, source: Batch, target: Batch, iteration: int) -> StepLog:
         log: StepLog = {}
         if iteration > 0:
@@ -152,11 +191,22 @@ class DACS(Method):
             log["self_training/ema_alpha"] = torch.tensor(alpha)
         self.optimizers["segmenter"].zero_grad(set_to_none=True)
         images, labels, weights = self._mixed_batch(source, target, log)
+        features: Tensor | None = None
         with self.autocast():
             loss = self._source_loss(source, log)
-            mixed = weighted_cross_entropy(self.segmenter(images), labels, weights)
+            if self.settings.perturbation_lambda == 0:
+                mixed = weighted_cross_entropy(self.segmenter(images), labels, weights)
+            else:  # the same logits as `self.segmenter(images)`, keeping f = G(x) for the attack
+                features = self.segmenter.features(images)
+                logits = self.segmenter.classify(features, tuple(images.shape[2:]))
+                mixed = weighted_cross_entropy(logits, labels, weights)
         log["loss/seg_mixed"] = mixed.detach()
         loss = loss + mixed
+        if features is not None:
+            adv = self._perturbed_mixed_loss(features, labels, weights, log)
+            log["loss/seg_mixed_adv"] = adv.detach()
+            # Eq. (9)'s L_seg(P) + L_seg(P*) pair on the mixed images, the latter weighted
+            loss = loss + self.settings.perturbation_lambda * adv
         self.backward_step(loss, log, ["segmenter"])
         log["loss/total"] = loss.detach()
         return log
