@@ -7,6 +7,8 @@
 #   benchmarks/demo_time.sh --fast          # the smoke schedule, to check this script
 #   benchmarks/demo_time.sh --imagenet      # apoda demo --imagenet (the paper's regime) into
 #                                           # results/demo_time_imagenet.json
+#   benchmarks/demo_time.sh --self-training # apoda demo --self-training (adds DACS) into
+#                                           # results/demo_time_selftraining.json
 #   OUT=path.json benchmarks/demo_time.sh   # another result file
 #   KEEP=dir benchmarks/demo_time.sh        # keep the demo's output folder (table, report) in dir
 #
@@ -19,15 +21,21 @@ PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON="$(command -v python3)"
 FAST=false
 IMAGENET=false
+SELF_TRAINING=false
 for arg in "$@"; do
   case "$arg" in
     --fast) FAST=true ;;
     --imagenet) IMAGENET=true ;;
-    *) echo "demo_time.sh: unknown argument $arg (expected --fast or --imagenet)" >&2; exit 2 ;;
+    --self-training) SELF_TRAINING=true ;;
+    *)
+      echo "demo_time.sh: unknown argument $arg (expected --fast, --imagenet or --self-training)" >&2
+      exit 2 ;;
   esac
 done
 if $IMAGENET; then
   OUT="${OUT:-$ROOT/benchmarks/results/demo_time_imagenet.json}"
+elif $SELF_TRAINING; then
+  OUT="${OUT:-$ROOT/benchmarks/results/demo_time_selftraining.json}"
 else
   OUT="${OUT:-$ROOT/benchmarks/results/demo_time.json}"
 fi
@@ -39,6 +47,7 @@ mkdir -p "$APODA_CACHE"
 DEMO=("$PYTHON" -c 'import sys; from apoda.cli import main; sys.exit(main())' demo --out "${KEEP:-$WORK/runs}")
 if $FAST; then DEMO+=(--fast); fi
 if $IMAGENET; then DEMO+=(--imagenet); fi
+if $SELF_TRAINING; then DEMO+=(--self-training); fi
 
 if [ -x /usr/bin/time ]; then
   TOOL="/usr/bin/time -v"
@@ -61,13 +70,14 @@ EOF
 fi
 
 mkdir -p "$(dirname "$OUT")"
-"$PYTHON" - "$OUT" "$WALL" "$RSS_KB" "$FAST" "$TOOL" "$IMAGENET" <<'EOF'
+"$PYTHON" - "$OUT" "$WALL" "$RSS_KB" "$FAST" "$TOOL" "$IMAGENET" "$SELF_TRAINING" <<'EOF'
 import datetime, json, os, sys
-out, wall, rss_kb, fast, tool, imagenet = sys.argv[1:]
+out, wall, rss_kb, fast, tool, imagenet, self_training = sys.argv[1:]
 wall_s, peak_mb = float(wall), int(rss_kb) / 1024
 result = {
     "command": "apoda demo" + (" --fast" if fast == "true" else "")
-    + (" --imagenet" if imagenet == "true" else ""),
+    + (" --imagenet" if imagenet == "true" else "")
+    + (" --self-training" if self_training == "true" else ""),
     "wall_s": round(wall_s, 1),
     "wall_min": round(wall_s / 60, 2),
     "peak_rss_mb": round(peak_mb, 1),

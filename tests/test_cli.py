@@ -49,6 +49,24 @@ def test_fast_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 @pytest.mark.slow
+def test_the_self_training_demo_adds_a_dacs_row_from_the_step1_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--fast", "--self-training", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| class | source only | APODA attack off | APODA | DACS |" in printed
+    assert "its matched control is in `apoda suite selftraining`" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["self_training"] is True
+    assert set(summary["runs"]) == {"source_only", "apoda_none", "apoda", "dacs"}
+    cfg = (out / "dacs" / "config.yaml").read_text()
+    assert "name: dacs" in cfg
+    assert str(out / "source_only" / "checkpoints" / "last.pt") in cfg
+    assert "DACS" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
 def test_fast_imagenet_demo_runs_the_paper_regime_configs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -123,13 +123,25 @@ def _add_demo(sub: _Subparsers) -> None:
         help="the paper's regime: MiniCity at 128x256 with the ImageNet EfficientNet-Lite0 as G "
         "(configs minicity_imagenet/*; about 28 min and 1.8 GB on 2 CPU cores, not 10 min)",
     )
+    p.add_argument(
+        "--self-training",
+        action="store_true",
+        help="add a DACS row (self-training with cross-domain mixing) from the same step-1 "
+        "checkpoint; longer: see benchmarks/results/demo_time_selftraining.json",
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo into --out."""
     from apoda.demo import run_demo
 
-    run_demo(Path(args.out), fast=args.fast, overwrite=args.overwrite, imagenet=args.imagenet)
+    run_demo(
+        Path(args.out),
+        fast=args.fast,
+        overwrite=args.overwrite,
+        imagenet=args.imagenet,
+        self_training=args.self_training,
+    )
     return 0
 
 

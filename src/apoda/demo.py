@@ -1,6 +1,10 @@
 """`apoda demo`: MiniCity, step 1 (source only), then APODA and its attack-off control from the
 same checkpoint; a per-class table, `summary.json` and the report of the three runs.
 
+`--self-training` adds a fourth row from the same checkpoint: DACS (`configs/minicity/dacs.yaml`,
+the self-training that adapts on MiniCity, docs/results.md), at the cost in time that
+benchmarks/results/demo_time_selftraining.json measured.
+
 `--imagenet` runs the same three rows in the paper's regime (the `minicity_imagenet` configs:
 128x256 images, the ImageNet EfficientNet-Lite0 as G): 28 minutes on 2 CPU cores instead of the
 default's 6-7 (benchmarks/results/demo_time_imagenet.json)."""
@@ -45,34 +49,54 @@ TINY_MINICITY = [
     "train.samples=2",
 ]
 """The smallest MiniCity runs that exercise every part (the tests and `--tiny` smoke checks)."""
-FAST_ITERATIONS = {"source_only": 20, "apoda": 8}
+FAST_ITERATIONS = {"source_only": 20, "apoda": 8, "dacs": 8}
 
 ROWS = (
     ("source_only", "source only"),
     ("apoda_none", "APODA attack off"),
     ("apoda", "APODA"),
 )
+SELF_TRAINING_ROW = ("dacs", "DACS")
+"""The row `--self-training` adds."""
+
+
+def demo_rows(self_training: bool) -> tuple[tuple[str, str], ...]:
+    """(run folder, column label) of each row of the demo, in order."""
+    return (*ROWS, SELF_TRAINING_ROW) if self_training else ROWS
 
 
 FAMILY_BY_IMAGENET = {False: "minicity", True: "minicity_imagenet"}
 """The config family of the demo, by its `imagenet` flag."""
 
 
-def demo_configs(out: Path, fast: bool, imagenet: bool = False) -> dict[str, Config]:
-    """The three runs of the demo: step 1, then APODA with the attack off and on."""
+def demo_configs(
+    out: Path, fast: bool, imagenet: bool = False, self_training: bool = False
+) -> dict[str, Config]:
+    """The runs of the demo: step 1, then APODA with the attack off and on (and DACS) from it."""
     family = FAMILY_BY_IMAGENET[imagenet]
-    common = FAST_OVERRIDES if fast else []
-    step1 = common + ([f"train.iterations={FAST_ITERATIONS['source_only']}"] if fast else [])
-    step23 = common + ([f"train.iterations={FAST_ITERATIONS['apoda']}"] if fast else [])
+
+    def schedule(key: str) -> list[str]:
+        return [*FAST_OVERRIDES, f"train.iterations={FAST_ITERATIONS[key]}"] if fast else []
+
     init = f"model.init_from={out / 'source_only' / LAST_CHECKPOINT}"
-    return {
-        "source_only": load_config(resolve_config(f"{family}/source_only"), step1),
+    configs = {
+        "source_only": load_config(
+            resolve_config(f"{family}/source_only"), schedule("source_only")
+        ),
         "apoda_none": load_config(
             resolve_config(f"{family}/apoda"),
-            [*step23, init, "method.attack.name=none", f"name={family}-apoda-attack-off"],
+            [
+                *schedule("apoda"),
+                init,
+                "method.attack.name=none",
+                f"name={family}-apoda-attack-off",
+            ],
         ),
-        "apoda": load_config(resolve_config(f"{family}/apoda"), [*step23, init]),
+        "apoda": load_config(resolve_config(f"{family}/apoda"), [*schedule("apoda"), init]),
     }
+    if self_training:
+        configs["dacs"] = load_config(resolve_config(f"{family}/dacs"), [*schedule("dacs"), init])
+    return configs
 
 
 def _train(config: Config, run_dir: Path, overwrite: bool) -> dict[str, Any]:
@@ -95,22 +119,29 @@ def _train(config: Config, run_dir: Path, overwrite: bool) -> dict[str, Any]:
 
 
 def run_demo(
-    out: Path, fast: bool = False, overwrite: bool = False, imagenet: bool = False
+    out: Path,
+    fast: bool = False,
+    overwrite: bool = False,
+    imagenet: bool = False,
+    self_training: bool = False,
 ) -> dict[str, Any]:
     """Run the demo into `out`; print the per-class table; return the summary. `out` is
     held by this demo until it ends (a second demo aimed at it is refused)."""
     with FolderLock(out):
-        return _run_demo(out, fast, overwrite, imagenet)
+        return _run_demo(out, fast, overwrite, imagenet, self_training)
 
 
-def _run_demo(out: Path, fast: bool, overwrite: bool, imagenet: bool) -> dict[str, Any]:
+def _run_demo(
+    out: Path, fast: bool, overwrite: bool, imagenet: bool, self_training: bool
+) -> dict[str, Any]:
     start = time.time()
-    configs = demo_configs(out, fast, imagenet)
+    configs = demo_configs(out, fast, imagenet, self_training)
+    rows = demo_rows(self_training)
     metrics: dict[str, dict[str, Any]] = {}
-    for key, label in ROWS:
+    for key, label in rows:
         print(f"== {label} ({key}) ==")
         metrics[key] = _train(configs[key], out / key, overwrite)
-    columns = {label: metrics[key] for key, label in ROWS}
+    columns = {label: metrics[key] for key, label in rows}
     first = metrics["source_only"]
     table = format_table(
         columns, first["class_names"], first["tail_classes"], diff=("APODA attack off", "APODA")
@@ -119,20 +150,24 @@ def _run_demo(out: Path, fast: bool, overwrite: bool, imagenet: bool) -> dict[st
     summary = {
         "fast": fast,
         "family": FAMILY_BY_IMAGENET[imagenet],
+        "self_training": self_training,
         "seconds": round(elapsed, 1),
-        "runs": {key: metrics[key] for key, _ in ROWS},
+        "runs": {key: metrics[key] for key, _ in rows},
         "table": table,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "table.md").write_text(table + "\n")
-    runs = [read_run(out / key, name=label) for key, label in ROWS]
+    runs = [read_run(out / key, name=label) for key, label in rows]
     regime = " (128x256, ImageNet EfficientNet-Lite0)" if imagenet else ""
     report = write_report(runs, out, title=f"apoda demo: MiniCity{regime}, source only vs APODA")
     print()
     print("Target validation IoU (%) on MiniCity; * = tail class (< 1 % of source pixels).")
     print("APODA and its attack-off control start from the source-only checkpoint and share")
     print("one schedule: their difference is what the perturbations add.")
+    if self_training:
+        print("DACS starts from the same checkpoint and trains G too, for its own (longer)")
+        print("schedule; its matched control is in `apoda suite selftraining`.")
     print(table)
     print(f"\nreport: {report}   ({elapsed / 60:.1f} min)")
     return summary
