@@ -109,6 +109,37 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path: Path, monkeypatch) 
     assert iterations == sorted(iterations) and len(iterations) == len(set(iterations))
 
 
+def test_keep_checkpoints_keeps_every_evaluation_point_and_survives_a_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "kept"
+    original = Method.backward_step
+    calls = {"n": 0}
+
+    def dying(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # during iteration 5: iter_000002 and iter_000004 are kept
+        return original(self, *args, **kwargs)
+
+    keep = ("train.keep_checkpoints=true", "train.eval_every=2", "train.iterations=5")
+    monkeypatch.setattr(Method, "backward_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_config(*keep), run).fit()
+    monkeypatch.setattr(Method, "backward_step", original)
+    Trainer(_config(*keep), run, resume=True).fit()
+    kept = sorted(p.name for p in (run / "checkpoints").glob("iter_*.pt"))
+    assert kept == ["iter_000002.pt", "iter_000004.pt", "iter_000005.pt"]  # and the final one
+    for name in kept:
+        state = load_checkpoint(run / "checkpoints" / name)
+        assert state["iteration"] == int(name[5:11])
+    final = _params(run / "checkpoints" / "iter_000005.pt")
+    for key, value in _params(run).items():
+        assert torch.equal(value, final[key]), key
+    Trainer(_config("train.eval_every=2", "train.iterations=2"), tmp_path / "plain").fit()
+    assert [p.name for p in (tmp_path / "plain" / "checkpoints").iterdir()] == ["last.pt"]
+
+
 def test_existing_run_folder_is_refused(tmp_path: Path) -> None:
     """A finished run, or a folder of other files, is never trained over without being asked
     (a folder holding only what a run left before its first checkpoint is: see

@@ -231,7 +231,10 @@ class TrainConfig:
     among and is an error); `samples: 0` writes no sample images. A method with a mean teacher
     has its pseudo-labels on `probe_images` target training images compared at every
     evaluation (`apoda.engine.pseudo_probe`; 0: off); `settle_tolerance` is the label-free
-    budget rule's threshold on the change of their agreement between evaluations."""
+    budget rule's threshold on the change of their agreement between evaluations.
+    `keep_checkpoints` keeps the checkpoint of every evaluation point besides last.pt
+    (`checkpoints/iter_NNNNNN.pt`, hard links: no extra writing; each costs one checkpoint's
+    disk space once last.pt moves on), for choosing among them afterwards (`apoda select`)."""
 
     iterations: int = 1000
     eval_every: int = 250
@@ -247,6 +250,7 @@ class TrainConfig:
     progress: bool = True
     probe_images: int = 32
     settle_tolerance: float = 0.005
+    keep_checkpoints: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self, "train")

@@ -28,6 +28,13 @@ LOG_FILE = "log.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.pt"
 BEST_CHECKPOINT = f"{CHECKPOINT_DIR}/best.pt"
+
+
+def kept_checkpoint(iteration: int) -> str:
+    """The checkpoint kept at an evaluation point with `train.keep_checkpoints`."""
+    return f"{CHECKPOINT_DIR}/iter_{iteration:06d}.pt"
+
+
 TENSORBOARD_DIR = "tb"
 SAMPLES_FILE = "samples.npz"
 STATS_DIR = "stats"
@@ -221,6 +228,7 @@ NOT_RESULT_KEYS = frozenset(
         "model.init_from",
         "train.probe_images",
         "train.settle_tolerance",
+        "train.keep_checkpoints",
     }
 )
 """Config keys that do not change what a run computes: a finished run may be reused, and an

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 import random
 import signal
 import threading
@@ -247,8 +248,18 @@ class Trainer:
     def _save(self, iteration: int) -> None:
         if self.main:
             save_checkpoint(self._state(iteration), self.checkpoint_path)
+            if self._keeps(iteration):
+                kept = self.run_dir / runs.kept_checkpoint(iteration)
+                kept.unlink(missing_ok=True)  # a resumed run re-saves its iteration
+                os.link(self.checkpoint_path, kept)  # last.pt is replaced, never rewritten
         self.saved_iteration = iteration
         barrier()
+
+    def _keeps(self, iteration: int) -> bool:
+        """Whether `train.keep_checkpoints` keeps the checkpoint of this (evaluation) point."""
+        train = self.config.train
+        evaluated = bool(train.eval_every) and iteration % train.eval_every == 0
+        return train.keep_checkpoints and (evaluated or iteration == train.iterations)
 
     # -- evaluation ----------------------------------------------------------------------------
     def _evaluated_network(self) -> Segmenter:
@@ -407,7 +418,8 @@ class Trainer:
                 bar.write(f"iteration {done}: target val mIoU {_fmt(metrics['miou'])}")
                 if cfg.train.select_best:
                     self._track_best(metrics, done)
-            if done % cfg.train.checkpoint_every == 0 or done == total or ctrl_c.raised:
+            every = done % cfg.train.checkpoint_every == 0
+            if every or done == total or ctrl_c.raised or self._keeps(done):
                 self._save(done)
             if ctrl_c.raised:
                 raise RunInterrupted(
