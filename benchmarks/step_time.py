@@ -40,8 +40,8 @@ from apoda.errors import ApodaError
 from apoda.methods import Batch, Method, build_method
 from apoda.models import build_segmenter
 
-METHODS = ("source_only", "asn", "advent", "apoda", "dacs")
-PIXEL_MIXING = ("dacs",)
+METHODS = ("source_only", "asn", "advent", "apoda", "dacs", "dacs_perturb")
+PIXEL_MIXING = ("dacs", "dacs_perturb")
 """Methods that paste source pixels onto target images: they need one size for both domains
 (their configs crop both), so settings with two sizes leave them out."""
 
@@ -104,7 +104,10 @@ def parse_sizes(text: str) -> tuple[Size, Size]:
 def method_config(name: str, amp: bool, arch: str) -> Config:
     """The MiniCity APODA config switched to `name`, with the brief's loss settings; D has the
     MiniCity width (32) on the CPU backbones and the paper's (64) on ResNet-101 and VGG-16."""
-    overrides = [f"method.name={name}", f"train.amp={str(amp).lower()}", "train.nonfinite=skip"]
+    method = "dacs" if name == "dacs_perturb" else name
+    overrides = [f"method.name={method}", f"train.amp={str(amp).lower()}", "train.nonfinite=skip"]
+    if name == "dacs_perturb":  # minicity/dacs_perturb: DACS + APODA's attack, weight 1
+        overrides.append("method.perturbation_lambda=1.0")
     if arch in ("resnet101", "vgg16") and name != "source_only":  # the paper's D width
         overrides.append("method.discriminator_width=64")
     if name in ("asn", "advent"):
@@ -304,10 +307,10 @@ def time_setting(setting: Setting, args: argparse.Namespace, device: torch.devic
 
 
 def ratios(rows: list[dict], key: str) -> dict[str, dict[str, float]]:
-    """APODA's and DACS's `key` over each baseline's, per backbone."""
+    """APODA's and the self-training rows' `key` over each baseline's, per backbone."""
     table = {(r["method"], r["backbone"]): r[key] for r in rows}
     out: dict[str, dict[str, float]] = {}
-    for method in ("apoda", "dacs"):
+    for method in ("apoda", "dacs", "dacs_perturb"):
         for base in ("asn", "advent", "source_only"):
             per = {
                 bb: round(table[(method, bb)] / table[(base, bb)], 3)

@@ -27,7 +27,7 @@ def test_step_time_times_every_method_and_writes_ratios(tmp_path: Path) -> None:
         "--size", "32x64", "--batch", "2", "--no-memory", "--threads", "1", "--out", str(out),
     )  # fmt: skip
     result = json.loads(out.read_text())
-    methods = ["source_only", "asn", "advent", "apoda", "dacs"]
+    methods = ["source_only", "asn", "advent", "apoda", "dacs", "dacs_perturb"]
     assert [r["method"] for r in result["rows"]] == methods
     assert all(r["sec_per_iter_median"] > 0 and r["gflop_per_iter"] > 0 for r in result["rows"])
     flops = {r["method"]: r["gflop_per_iter"] for r in result["rows"]}
@@ -37,6 +37,10 @@ def test_step_time_times_every_method_and_writes_ratios(tmp_path: Path) -> None:
     assert result["flop_ratios"]["dacs_over_source_only"]["small"] == round(
         flops["dacs"] / flops["source_only"], 3
     )
+    assert result["flop_ratios"]["dacs_perturb_over_asn"]["small"] == round(
+        flops["dacs_perturb"] / flops["asn"], 3
+    )
+    assert flops["dacs_perturb"] > flops["dacs"]  # the attack's F passes come on top
     assert "| apoda | small | 2 x 32x64 |" in printed and "| dacs | small |" in printed
 
 
@@ -67,7 +71,7 @@ def test_gpu_check_runs_every_section_on_the_cpu(tmp_path: Path) -> None:
         (b, m)
         for b in ("r101", "vgg16", "small")
         for m in ("source_only", "asn", "advent", "apoda")
-    } | {("small", "dacs")}  # DACS mixes pixels: only where both domains have one size
+    } | {("small", "dacs"), ("small", "dacs_perturb")}  # mixing: only where one size
     for r in rows:  # CPU: no invented GPU memory, bf16 rows skipped, float32 rows timed
         assert r["from_cuda"] is False and r["peak_gpu_mb"] is None
         assert ("skipped" in r) == (r["precision"] == "bf16")
