@@ -20,6 +20,7 @@ from apoda.report import (
     plot_curves,
     plot_gradient_intensity,
     plot_per_class_iou,
+    plot_pseudo_labels,
     plot_qualitative,
     read_run,
     write_report,
@@ -30,16 +31,19 @@ from apoda.report.plots import (
     _curves_figure,
     _moving_average,
     _per_class_iou_figure,
+    _pseudo_labels_figure,
     _qualitative_figure,
     _save,
     legend_classes,
     near_zero,
 )
+from apoda.report.reading import run_tail
 from apoda.report.stages import run_starts
 
 CLASSES = ["road", "car", "sign", "bike"]
 TAIL = ["sign", "bike"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+NO_PROBE = "no run logged pseudo-label probes (only self-training methods with a mean teacher do)"
 
 
 def _palette() -> np.ndarray:
@@ -283,7 +287,8 @@ def test_report_tables_markers_and_links(two_runs: list[Path], tmp_path: Path) -
         assert f"]({picture}.png)" in text
         _assert_png(out / f"{picture}.png")
     assert text.count("How to read this:") == 5
-    assert "Not drawn" not in text
+    assert text.count("_Not drawn:") == 1  # no run here logged pseudo-labels
+    assert f"_Not drawn: {NO_PROBE}._" in text
 
 
 def test_report_notes_missing_data_instead_of_crashing(tmp_path: Path) -> None:
@@ -315,7 +320,7 @@ def test_report_on_run_without_any_log_or_metrics(tmp_path: Path) -> None:
     bare.mkdir()
     (bare / "config.yaml").write_text("method:\n  name: apoda\n")
     text = write_report([read_run(bare)], tmp_path / "out").read_text()
-    assert text.count("_Not drawn:") == 5
+    assert text.count("_Not drawn:") == 6
     assert "_No run has per-class IoU" in text
     with pytest.raises(ApodaError, match="no runs"):
         write_report([], tmp_path / "out2")
@@ -570,3 +575,127 @@ def test_per_class_iou_prints_values_and_marks_near_zero_bars_and_tail(tmp_path:
     )
     ticks = [t.get_text() for t in axes.get_xticklabels()]
     assert ticks == ["road", "car", "sign*", "bike*"]
+
+
+# --------------------------------------------------------------------------- pseudo-labels
+
+
+def _probe_record(step: int, labelled: bool) -> dict[str, Any]:
+    """The `pseudo_labels` entry of the `step`-th evaluation (as PseudoLabelProbe.measure)."""
+    record: dict[str, Any] = {
+        "images": 8,
+        "agreement": None if step == 0 else 0.9 + 0.02 * step,
+        "confident_share": 0.3 + 0.05 * step,
+        "settled_at": 30 if step >= 2 else None,
+    }
+    if labelled:
+        record["accuracy"] = 0.7 + 0.02 * step
+        record["per_class"] = {
+            "road": {"precision": 0.9, "recall": 0.95, "labelled_share": 0.6, "true_share": 0.55},
+            "car": {"precision": 0.7, "recall": 0.6, "labelled_share": 0.3, "true_share": 0.3},
+            "sign": {  # under-predicted, better over training
+                "precision": 0.2 + 0.1 * step,
+                "recall": 0.1,
+                "labelled_share": 0.01 * (step + 1),
+                "true_share": 0.1,
+            },
+            "bike": {  # never pseudo-labelled
+                "precision": None,
+                "recall": 0.0,
+                "labelled_share": 0.0,
+                "true_share": 0.05,
+            },
+        }
+    return record
+
+
+def _probe_run(root: Path, name: str, labelled: bool = True, metrics: bool = True) -> Path:
+    """A self-training run folder whose evaluations (10, 20, 30, 40) logged the probe."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"method": {"name": "dacs"}}))
+    if metrics:
+        summary = {"class_names": CLASSES, "tail_classes": TAIL, "per_class": {}}
+        (folder / "metrics.json").write_text(json.dumps(summary))
+    lines = [
+        {
+            "kind": "eval",
+            "iteration": 10 * (step + 1),
+            "miou": 20.0,
+            "pseudo_labels": _probe_record(step, labelled),
+        }
+        for step in range(4)
+    ]
+    (folder / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return folder
+
+
+def test_report_draws_pseudo_labels_of_the_runs_that_logged_them(tmp_path: Path) -> None:
+    probed = _probe_run(tmp_path / "runs", "dacs")
+    plain = _make_run(tmp_path / "runs", "source_only", [1.0, 2.0, 3.0, 4.0], method="source")
+    runs = [read_run(plain), read_run(probed)]
+    out = tmp_path / "report"
+    text = write_report(runs, out).read_text()
+    _assert_png(out / "pseudo_labels.png")
+    link = "### Pseudo-labels over training\n\n![Pseudo-labels over training](pseudo_labels.png)"
+    assert link in text
+    picture = text.split("### Pseudo-labels over training", 1)[1]
+    assert "How to read this: At each evaluation the teacher labels" in picture
+    assert "labelled share / true share" in picture and "first (light) and last (solid)" in picture
+    assert NO_PROBE not in text
+
+    figure = _pseudo_labels_figure(runs)
+    agreement, confident, precision, shares = figure.axes
+    # only the run with probes, in its colour of the other pictures (the second run: C1)
+    for panel in (agreement, confident):
+        data = [line for line in panel.get_lines() if line.get_gid() is None]
+        assert [line.get_label() for line in data] == ["dacs"]
+        assert data[0].get_color() == "C1"
+        settled = [line for line in panel.get_lines() if line.get_gid() == "settled"]
+        assert len(settled) == 1 and list(settled[0].get_xdata()) == [30, 30]
+        assert "settled at 30" in settled[0].get_label()
+    agreement_line = agreement.get_lines()[0]
+    assert list(agreement_line.get_xdata()) == [10, 20, 30, 40]
+    assert np.isnan(agreement_line.get_ydata()[0])  # no agreement at the first evaluation
+    curves = {line.get_label(): line for line in precision.get_lines()}
+    assert set(curves) >= {"sign*", "head classes (mean)"} and "bike*" not in curves
+    np.testing.assert_allclose(curves["head classes (mean)"].get_ydata(), [0.8] * 4)
+    assert any("never pseudo-labelled: bike*" in t.get_text() for t in precision.texts)
+    assert shares.get_yscale() == "log"
+    assert [t.get_text() for t in shares.get_xticklabels()] == ["sign*", "bike*"]
+    heights = sorted(
+        round(b.get_height(), 6) for b in shares.patches if np.isfinite(b.get_height())
+    )
+    assert heights == [0.1, 0.4]  # sign: 0.01 / 0.1 at the first, 0.04 / 0.1 at the last
+    assert sum(t.get_text() == "0" for t in shares.texts) == 2  # bike, never labelled
+
+
+def test_report_without_pseudo_labels_says_why(tmp_path: Path) -> None:
+    folder = _make_run(tmp_path, "apoda", [1.0, 2.0, 3.0, 4.0], samples=False)
+    text = write_report([read_run(folder)], tmp_path / "out").read_text()
+    assert f"### Pseudo-labels over training\n\n_Not drawn: {NO_PROBE}._" in text
+    assert not (tmp_path / "out" / "pseudo_labels.png").exists()
+    with pytest.raises(ApodaError, match="pseudo-label probes"):
+        plot_pseudo_labels([read_run(folder)], tmp_path / "p.png")
+
+
+def test_pseudo_labels_of_an_unlabelled_target_draw_the_first_panels(tmp_path: Path) -> None:
+    run = read_run(_probe_run(tmp_path, "dacs", labelled=False))
+    _assert_png(plot_pseudo_labels([run], tmp_path / "pseudo_labels.png"))
+    agreement, confident = _pseudo_labels_figure([run]).axes  # no per-class row
+    assert [round(v, 6) for v in confident.get_lines()[0].get_ydata()] == [0.3, 0.35, 0.4, 0.45]
+    assert agreement.get_xlabel() == "total training iterations"
+
+
+def test_run_tail_of_a_run_still_training_comes_from_its_checkpoint(tmp_path: Path) -> None:
+    import torch
+
+    folder = _probe_run(tmp_path, "dacs", metrics=False)
+    assert run_tail(read_run(folder)) == []
+    (folder / "config.yaml").write_text(yaml.safe_dump({"data": {"tail_classes": ["car"]}}))
+    assert run_tail(read_run(folder)) == ["car"]
+    (folder / "checkpoints").mkdir()
+    torch.save({"iteration": 40, "tail_classes": TAIL}, folder / "checkpoints" / "last.pt")
+    assert run_tail(read_run(folder)) == TAIL
+    precision = _pseudo_labels_figure([read_run(folder)]).axes[2]
+    assert "sign*" in {line.get_label() for line in precision.get_lines()}

@@ -7,6 +7,7 @@ from apoda.report.plots import (
     plot_curves,
     plot_gradient_intensity,
     plot_per_class_iou,
+    plot_pseudo_labels,
     plot_qualitative,
 )
 from apoda.report.reading import Run, Samples, read_run
@@ -19,6 +20,7 @@ __all__ = [
     "plot_curves",
     "plot_gradient_intensity",
     "plot_per_class_iou",
+    "plot_pseudo_labels",
     "plot_qualitative",
     "read_run",
     "write_report",

@@ -19,7 +19,9 @@ from apoda.report.plots import (
     plot_curves,
     plot_gradient_intensity,
     plot_per_class_iou,
+    plot_pseudo_labels,
     plot_qualitative,
+    pseudo_label_records,
 )
 from apoda.report.reading import Run, class_names_of, format_percent, tail_of, union
 from apoda.runs import ORACLE_NOTE, REPORT_FILE, is_oracle_selection
@@ -113,6 +115,18 @@ _HOW_TO_READ = {
     "head and tail mIoU at each evaluation, over total training iterations: a run that starts "
     "from another run's checkpoint (model.init_from) is drawn after that run, from a dotted line "
     "at the iteration it took over, so stages read left to right; compare runs panel by panel.",
+    "pseudo_labels": "At each evaluation the teacher labels the same target training images. "
+    "Top, one colour per run over total training iterations: the share of pixels whose "
+    "pseudo-label is unchanged since the previous evaluation (solid) and the share at or above "
+    "the method's confidence threshold (dashed); the dash-dotted line is where the label-free "
+    "budget rule said the pseudo-labels settled (its label is the run's own iteration). Below, "
+    "for each run whose probe images have labels: left, the pseudo-label precision of each tail "
+    "class (starred, red names) with the mean over the head classes (thick black line), a gap "
+    "where the class was not pseudo-labelled; right, bars of how often each tail class is "
+    "pseudo-labelled relative to how often it is there (labelled share / true share, log scale) "
+    "at the first (light) and last (solid) evaluation: 1 = as often as it is there, under 1 = "
+    "under-predicted, 0 = never pseudo-labelled. A diagnostic only: nothing is chosen from the "
+    "labels.",
 }
 
 _TITLES = {
@@ -121,6 +135,7 @@ _TITLES = {
     "qualitative": "Qualitative results",
     "gradient_intensity": "Attack gradient intensity",
     "curves": "Training and evaluation curves",
+    "pseudo_labels": "Pseudo-labels over training",
 }
 
 
@@ -183,6 +198,13 @@ def write_report(
         "curves": (
             partial(plot_curves, runs),
             "no run has training or evaluation lines in log.jsonl",
+            "",
+        ),
+        "pseudo_labels": (
+            partial(plot_pseudo_labels, runs)
+            if any(pseudo_label_records(r) for r in runs)
+            else None,
+            "no run logged pseudo-label probes (only self-training methods with a mean teacher do)",
             "",
         ),
     }

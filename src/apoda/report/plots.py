@@ -1,12 +1,13 @@
 """The report's pictures: class distribution, per-class IoU, qualitative grid, attack gradient
-intensity and training curves. Figures are drawn on plain `matplotlib.figure.Figure` objects
-(Agg canvas), never through pyplot, so no display and no global figure state are involved."""
+intensity, training curves and a self-training run's pseudo-labels. Figures are drawn on plain
+`matplotlib.figure.Figure` objects (Agg canvas), never through pyplot, so no display and no
+global figure state are involved."""
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
 
 from apoda.errors import ApodaError
 from apoda.report.reading import (
@@ -22,6 +24,7 @@ from apoda.report.reading import (
     as_number,
     class_names_of,
     format_percent,
+    run_tail,
     tail_of,
     union,
 )
@@ -33,6 +36,7 @@ PICTURES = {
     "qualitative": "qualitative.png",
     "gradient_intensity": "gradient_intensity.png",
     "curves": "curves.png",
+    "pseudo_labels": "pseudo_labels.png",
 }
 
 GRAD_KEY = re.compile(r"^attack/(?P<domain>[^/]+)/grad_(?P<objective>[^/]+)/k(?P<k>\d+)$")
@@ -534,4 +538,280 @@ def _curves_figure(runs: Sequence[Run], window: int | None = None) -> Figure:
     note = _stage_note(runs, starts)
     if note:
         figure.suptitle(note, fontsize="medium")
+    return figure
+
+
+# --------------------------------------------------------------------------- pseudo-labels
+
+_NO_PROBE = "no run logged pseudo-label probes (only self-training methods with a mean teacher do)"
+_HEAD_COLOUR = "k"
+_CLASS_COLOURS = ["C0", "C1", "C2", "C4", "C5", "C6", "C8", "C9"]  # no red (the tail's), no grey
+_CLASS_MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*"]
+_SETTLED_STYLE = "-."
+_Probe = tuple[int, Mapping[str, Any]]  # (the run's own iteration, its pseudo_labels record)
+
+
+def pseudo_label_records(run: Run) -> list[_Probe]:
+    """(iteration, `pseudo_labels`) of each evaluation of a run that logged the pseudo-label
+    probe (see `apoda.engine.pseudo_probe`), in iteration order."""
+    found = []
+    for record in run.eval_records:
+        probe, iteration = record.get("pseudo_labels"), as_number(record.get("iteration"))
+        if isinstance(probe, Mapping) and math.isfinite(iteration):
+            found.append((int(iteration), probe))
+    return sorted(found, key=lambda pair: pair[0])
+
+
+def plot_pseudo_labels(runs: Sequence[Run], path: str | Path) -> Path:
+    """How the teacher's pseudo-labels evolve in the runs that logged the probe (others are
+    left out): agreement with the previous evaluation and the confident share over total
+    training iterations, with the label-free rule's `settled_at`; and, for each run whose probe
+    images have labels, its tail classes' pseudo-label precision (with the head classes' mean)
+    over training and each tail class's labelled / true pixel share at the first and last
+    evaluation."""
+    return _save(_pseudo_labels_figure(runs), path)
+
+
+def _series(
+    probes: Sequence[_Probe], offset: int, value: Callable[[Mapping[str, Any]], Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """x (total iterations) and y of the probes where `value` is a number (NaN elsewhere)."""
+    x = np.array([iteration + offset for iteration, _ in probes], dtype=float)
+    y = np.array([as_number(value(probe)) for _, probe in probes], dtype=float)
+    return x, y
+
+
+def _settled_at(probes: Sequence[_Probe]) -> int | None:
+    """The iteration the label-free rule said the pseudo-labels settled at (the run's own)."""
+    for _, probe in probes:
+        settled = as_number(probe.get("settled_at"))
+        if math.isfinite(settled):
+            return int(settled)
+    return None
+
+
+def _mark_settled(panel: Axes, settled: int | None, offset: int, colour: str, label: str) -> None:
+    """A dash-dotted line in the run's colour where the label-free rule said its pseudo-labels
+    settled; its legend entry gives the run's own iteration (`label` names the run or is "")."""
+    if settled is None:
+        return
+    panel.axvline(
+        settled + offset,
+        color=colour,
+        linestyle=_SETTLED_STYLE,
+        lw=1.3,
+        gid="settled",
+        label=f"{label}settled at {settled:,} (label-free rule)",
+    )
+
+
+def _per_class_probes(probes: Sequence[_Probe]) -> list[_Probe]:
+    return [(i, p) for i, p in probes if isinstance(p.get("per_class"), Mapping) and p["per_class"]]
+
+
+def _class_value(probe: Mapping[str, Any], name: str, key: str) -> float:
+    entry = probe["per_class"].get(name)
+    return as_number(entry.get(key)) if isinstance(entry, Mapping) else math.nan
+
+
+def _precision_panel(
+    panel: Axes,
+    run: Run,
+    probes: Sequence[_Probe],
+    tail: Sequence[str],
+    offset: int,
+    settled: int | None,
+    colour: str,
+) -> None:
+    """Each tail class's pseudo-label precision over training, and the head classes' mean."""
+    names = union(p["per_class"] for _, p in probes)
+    head = [n for n in names if n not in tail]
+    x = np.array([i + offset for i, _ in probes], dtype=float)
+    never, wrong = [], []
+    for index, name in enumerate(n for n in tail if n in names):
+        y = np.array([_class_value(p, name, "precision") for _, p in probes])
+        if not np.isfinite(y).any():
+            never.append(f"{name}*")
+            continue
+        if not np.nan_to_num(y).any():  # lines on top of each other at 0: say which
+            wrong.append(f"{name}*")
+        panel.plot(
+            x,
+            y,
+            color=_CLASS_COLOURS[index % len(_CLASS_COLOURS)],
+            marker=_CLASS_MARKERS[index % len(_CLASS_MARKERS)],
+            ms=4,
+            lw=1.2,
+            label=f"{name}*",
+        )
+    if head:
+        with np.errstate(all="ignore"):
+            values = np.array([[_class_value(p, n, "precision") for n in head] for _, p in probes])
+            counted = np.isfinite(values).sum(axis=1)
+            mean = np.where(counted > 0, np.nansum(values, axis=1) / np.maximum(counted, 1), np.nan)
+        label = "head classes (mean)" if tail else "all classes (mean; tail unknown)"
+        panel.plot(x, mean, color=_HEAD_COLOUR, lw=3.0, marker="o", ms=4, label=label)
+    _mark_settled(panel, settled, offset, colour, "")
+    notes = [f"never pseudo-labelled: {', '.join(never)}"] if never else []
+    notes += [f"precision 0 whenever pseudo-labelled: {', '.join(wrong)}"] if wrong else []
+    if notes:
+        panel.text(
+            0.01,
+            0.98,
+            "\n".join(notes),
+            transform=panel.transAxes,
+            ha="left",
+            va="top",
+            fontsize="small",
+            color=_TAIL_COLOUR,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5},
+        )
+    panel.set_ylim(-0.04, 1.08)  # a class at precision 0 stays visible above the axis
+    panel.set_xlabel("total training iterations")
+    panel.set_ylabel("pseudo-label precision")
+    panel.set_title(f"{run.name}: precision of the tail* and the head mean", fontsize="medium")
+    if panel.get_legend_handles_labels()[0]:
+        legend = panel.legend(
+            fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0
+        )
+        for text in legend.get_texts():
+            if text.get_text().endswith("*"):
+                text.set_color(_TAIL_COLOUR)
+
+
+def _share_panel(
+    panel: Axes, run: Run, probes: Sequence[_Probe], tail: Sequence[str], offset: int, colour: str
+) -> None:
+    """labelled share / true share of each tail class at the first and the last evaluation."""
+    names = [n for n in tail if n in union(p["per_class"] for _, p in probes)]
+    if not names:
+        panel.text(
+            0.5,
+            0.5,
+            "tail classes unknown\n(no tail_classes in metrics.json or the checkpoint)",
+            transform=panel.transAxes,
+            ha="center",
+            va="center",
+        )
+        panel.set_axis_off()
+        return
+    picked = [probes[0], probes[-1]] if len(probes) > 1 else [probes[0]]
+    width = 0.8 / len(picked)
+    positive: list[float] = []
+    for slot, ((iteration, probe), alpha, which) in enumerate(
+        zip(picked, (0.35, 1.0), ("first", "last"), strict=False)
+    ):
+        labelled = np.array([_class_value(probe, n, "labelled_share") for n in names])
+        present = np.array([_class_value(probe, n, "true_share") for n in names])
+        with np.errstate(all="ignore"):
+            ratio = np.where(present > 0, labelled / present, np.nan)
+        shown = np.where(ratio > 0, ratio, np.nan)
+        positive.extend(shown[np.isfinite(shown)].tolist())
+        offsets = np.arange(len(names)) - 0.4 + width * (slot + 0.5)
+        when = "evaluation" if len(picked) == 1 else f"{which} evaluation"
+        panel.bar(
+            offsets,
+            shown,
+            width=width,
+            color=colour,
+            alpha=alpha,
+            edgecolor=colour,
+            label=f"{when} (iteration {iteration + offset:,})",
+        )
+        for x, value, share in zip(offsets, ratio, present, strict=True):
+            note = (
+                f"{value:.2g}"
+                if value > 0
+                else "0"
+                if value == 0
+                else "absent"
+                if share == 0
+                else "n/a"
+            )
+            y, transform = (value, panel.transData) if value > 0 else (0.01, None)
+            panel.text(
+                x,
+                y * 1.08 if transform is not None else y,
+                note,
+                transform=transform or panel.get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                fontweight="normal" if value > 0 else "bold",
+                color="k" if value > 0 else _TAIL_COLOUR,
+            )
+    panel.axhline(1.0, color="0.3", lw=1.0, linestyle="--")
+    panel.set_yscale("log")
+    low = min([*positive, 1.0]) / 4
+    high = max([*positive, 1.0]) * 4
+    panel.set_ylim(low, high)
+    panel.set_ylabel("labelled share / true share (log)")
+    panel.set_title(
+        f"{run.name}: how often each tail class is pseudo-labelled (1 = as often as it is there)",
+        fontsize="medium",
+    )
+    panel.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    panel.set_xticks(range(len(names)))  # every class is a tail class: red names, no bands
+    panel.set_xticklabels(
+        [f"{n}*" for n in names], rotation=45, ha="right", color=_TAIL_COLOUR, fontweight="bold"
+    )
+    panel.set_xlim(-0.5, len(names) - 0.5)
+    panel.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def _pseudo_labels_figure(runs: Sequence[Run]) -> Figure:
+    """The figure `plot_pseudo_labels` saves: x is total training iterations (`run_starts`)."""
+    starts = run_starts(runs)
+    probed = [
+        (f"C{index % 10}", run, start, probes)
+        for index, (run, start) in enumerate(zip(runs, starts, strict=True))
+        if (probes := pseudo_label_records(run))
+    ]
+    if not probed:
+        raise ApodaError(_NO_PROBE)
+    labelled = [(c, r, s, p) for c, r, s, probes in probed if (p := _per_class_probes(probes))]
+    rows = 1 + len(labelled)
+    figure = Figure(figsize=(15.0, 1.0 + 4.2 * rows), layout="constrained")
+    grid = figure.subplots(rows, 2, squeeze=False, width_ratios=(1.0, 1.0))
+    agreement, confident = grid[0]
+    several = len(probed) > 1
+    drawn: set[str] = set()
+    for colour, run, start, probes in probed:
+        settled = _settled_at(probes)
+        quantities = ((agreement, "agreement", "-"), (confident, "confident_share", "--"))
+        for panel, key, style in quantities:
+            x, y = _series(probes, start.offset, lambda p, k=key: p.get(k))
+            if np.isfinite(y).any():
+                panel.plot(x, y, color=colour, linestyle=style, marker="o", ms=4, label=run.name)
+                drawn.add(key)
+            _mark_settled(panel, settled, start.offset, colour, f"{run.name}: " if several else "")
+            _mark_start(panel, start)
+    agreement.set_title(
+        "agreement with the previous evaluation's pseudo-labels (solid)", fontsize="medium"
+    )
+    agreement.set_ylabel("share of pixels unchanged")
+    confident.set_title(
+        "confident share: top probability \u2265 the method's threshold (dashed)",
+        fontsize="medium",
+    )
+    confident.set_ylabel("share of pixels")
+    for panel, key, missing in (
+        (agreement, "agreement", "no agreement yet (it needs two evaluations)"),
+        (confident, "confident_share", "not logged (the method has no confidence threshold)"),
+    ):
+        panel.set_xlabel("total training iterations")
+        if key not in drawn:
+            panel.text(0.5, 0.5, missing, transform=panel.transAxes, ha="center")
+        if panel.get_legend_handles_labels()[0]:
+            panel.legend(fontsize="small", loc="best")
+    for row, (colour, run, start, probes) in enumerate(labelled, start=1):
+        tail = run_tail(run)
+        _precision_panel(grid[row][0], run, probes, tail, start.offset, _settled_at(probes), colour)
+        _share_panel(grid[row][1], run, probes, tail, start.offset, colour)
+        for panel in grid[row]:
+            _mark_start(panel, start)
+    images = union([str(p.get("images", "?"))] for _, _, _, probes in probed for _, p in probes)
+    title = f"the teacher's pseudo-labels on {' / '.join(images)} fixed target training images"
+    note = _stage_note([r for _, r, _, _ in probed], [s for _, _, s, _ in probed])
+    figure.suptitle(f"{title}\n{note}" if note else title, fontsize="medium")
     return figure

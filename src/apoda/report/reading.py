@@ -168,6 +168,28 @@ def tail_of(metrics: Mapping[str, Any] | None) -> list[str]:
     return [str(t) for t in tail] if isinstance(tail, list) else []
 
 
+def run_tail(run: Run) -> list[str]:
+    """A run's tail classes: its metrics.json's `tail_classes`; for a run without them (one
+    still training), those its last checkpoint holds (read on the CPU, weights only), else its
+    config's `data.tail_classes`; [] when nothing says."""
+    metrics = run.metrics or {}
+    if isinstance(metrics.get("tail_classes"), list):
+        return tail_of(metrics)
+    checkpoint = run.path / runs.LAST_CHECKPOINT
+    if checkpoint.is_file():
+        from apoda.torch_files import read_torch_file  # torch only where there is no metrics.json
+
+        try:
+            state = read_torch_file(checkpoint, "checkpoint")
+        except ApodaError:
+            state = None
+        if isinstance(state, Mapping) and isinstance(state.get("tail_classes"), list):
+            return [str(t) for t in state["tail_classes"]]
+    data = run.config.get("data")
+    configured = data.get("tail_classes") if isinstance(data, Mapping) else None
+    return [str(t) for t in configured] if isinstance(configured, list) else []
+
+
 def format_percent(value: Any) -> str:
     number = as_number(value)
     return f"{number:.1f}" if math.isfinite(number) else "n/a"
