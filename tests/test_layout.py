@@ -81,7 +81,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("apoda.models", "apoda.attacks", "apoda.mixing"),
     ("apoda.methods",),
     ("apoda.engine", "apoda.evaluation", "apoda.report", "apoda.run_outputs", "apoda.inference",
-     "apoda.export", "apoda.prediction"),
+     "apoda.export", "apoda.prediction", "apoda.selection"),
     ("apoda.pretrain", "apoda.demo", "apoda.suites", "apoda.suite_pool", "apoda.cli",
      "apoda.__main__"),
 )  # fmt: skip

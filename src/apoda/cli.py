@@ -1,4 +1,4 @@
-"""The `apoda` command line: demo, train, eval, predict, export, report, data, suite.
+"""The `apoda` command line: demo, train, eval, predict, export, report, select, data, suite.
 
 Errors for bad input are one line (`error: ...`); `--debug` shows the traceback.
 Each command's arguments (`_add_NAME`) sit next to the handler that reads them (`cmd_NAME`)."""
@@ -25,6 +25,7 @@ EXAMPLES = {
     "predict": "example: apoda predict runs/apoda/checkpoints/last.pt frames/ --out predictions/",
     "export": "example: apoda export runs/apoda --format onnx --out apoda.onnx",
     "report": "example: apoda report runs/demo/source_only runs/demo/apoda --out runs/compare",
+    "select": "example: apoda select runs/dacs runs/dacs-s1 --labels --out runs/selection.json",
     "data": "example: apoda data stats gta5 /data/gta5 --out gta5.json --plot gta5.png",
     "suite": "example: apoda suite table3 --seeds 3 --out runs/table3",
     "pretrain": "example: apoda pretrain minicity --iterations 600",
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         _add_predict,
         _add_export,
         _add_report,
+        _add_select,
         _add_data,
         _add_pretrain,
         _add_suite,
@@ -377,6 +379,71 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         path = write_report(runs, out)
     print(f"rewrote {path}, the run's own report" if replaced else f"wrote {path}")
+    return 0
+
+
+def _add_select(sub: _Subparsers) -> None:
+    """`apoda select RUN [RUN ...]`: label-free scores of every kept checkpoint."""
+    p = _add_command(
+        sub,
+        "select",
+        "Choose a checkpoint without target labels: score every checkpoint a run kept "
+        "(train.keep_checkpoints=true; else its last.pt) with label-free scores (higher is "
+        "better; docs/selection.md), print a table per run with the checkpoint each score "
+        "chooses, and write every number as JSON.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    p.add_argument(
+        "--labels",
+        action="store_true",
+        help="also read the target's validation labels: each checkpoint's target mIoU, each "
+        "score's Spearman correlation with it and each rule's regret (a study of the scores; "
+        "a real target has no labels to choose with)",
+    )
+    p.add_argument(
+        "--images",
+        type=_positive_int,
+        metavar="N",
+        help="target training images the target scores read, the first N without augmentation "
+        "(default 64)",
+    )
+    p.add_argument(
+        "--heldout-root",
+        metavar="DIR",
+        help="labelled source images the runs never trained on, in their source's format, for "
+        "heldout_source_miou (default for MiniCity: another draw, seed + 1000, 200 images; "
+        "other sources are skipped without it)",
+    )
+    p.add_argument(
+        "--score",
+        metavar="NAME",
+        help="the score whose choice is marked and chosen across runs (default: "
+        "apoda.selection.DEFAULT_SCORE; an unknown name lists the scores)",
+    )
+    p.add_argument(
+        "--out",
+        default="selection.json",
+        metavar="FILE",
+        help="the JSON to write (default ./selection.json: the runs are only read, as they may "
+        "be in use by training or belong to others, and several runs have no one folder)",
+    )
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    """Score the runs' checkpoints, print the tables and write the JSON."""
+    from apoda import selection
+    from apoda.runs import writable_folder
+
+    score = selection.check_score(args.score or selection.DEFAULT_SCORE)
+    out = Path(args.out)
+    if out.is_dir():
+        raise ApodaError(f"--out {out} is a folder; name the JSON file to write")
+    writable_folder(out.parent)
+    images = args.images or selection.DEFAULT_IMAGES
+    result = selection.select(args.runs, images, args.heldout_root, args.labels, score)
+    print(selection.format_selection(result))
+    selection.write_selection(result, out)
+    print(f"wrote {out}")
     return 0
 
 
@@ -678,6 +745,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "export": cmd_export,
     "report": cmd_report,
+    "select": cmd_select,
     "data": cmd_data,
     "demo": cmd_demo,
     "suite": cmd_suite,
