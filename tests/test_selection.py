@@ -18,21 +18,18 @@ from torch import Tensor, nn
 from apoda.cli import main
 from apoda.data.minicity import ensure_minicity
 from apoda.data.transforms import Normalisation
-from apoda.runs import saved_config
-from apoda.selection import (
-    SCORE_NAMES,
+from apoda.engine.label_free import (
     TargetTally,
     augmentation_agreement,
-    choose,
     heldout_draw,
     info_max,
-    regret,
     snd,
-    spearman,
     tally_target,
     target_entropy,
     teacher_student_agreement,
 )
+from apoda.runs import saved_config
+from apoda.selection import SCORE_NAMES, choose, regret, spearman
 from conftest import TINY
 
 IMAGENET = Normalisation("imagenet")
@@ -243,3 +240,34 @@ def test_select_refuses_a_folder_that_is_not_a_run_and_an_unknown_score(
     err = capsys.readouterr().err
     assert err.startswith("error: --score: unknown score 'accuracy'") and err.count("\n") == 1
     assert all(name in err for name in SCORE_NAMES)
+
+
+@pytest.mark.slow
+def test_a_run_reports_the_evaluation_point_a_label_free_score_chooses(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    so, chosen = runs["so"], tmp_path / "chosen"
+    train = ["train", "minicity/source_only", *TINY, *KEEP, "train.iterations=6"]
+    assert main([*train, "train.select_best=neg_entropy", "--out", str(chosen)]) == 0
+    records = [json.loads(line) for line in (chosen / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    scores = {r["iteration"]: r["selection_scores"]["neg_entropy"] for r in evals}
+    best = max(scores, key=lambda it: (scores[it], -it))  # the first of equal scores
+    metrics = json.loads((chosen / "metrics.json").read_text())
+    assert metrics["selection"] == "label-free:neg_entropy" and metrics["iteration"] == best
+    assert metrics["miou"] == next(r["miou"] for r in evals if r["iteration"] == best)
+    assert "label-free:neg_entropy" in (chosen / "report.md").read_text()
+    # scoring during training leaves training as it is without it
+    plain = torch.load(so / "checkpoints" / "last.pt", weights_only=True)["modules"]
+    scored = torch.load(chosen / "checkpoints" / "last.pt", weights_only=True)["modules"]
+    for key, value in plain["segmenter"].items():
+        assert torch.equal(value, scored["segmenter"][key]), key
+
+
+def test_select_best_names_a_label_free_score_or_is_refused(tmp_path: Path) -> None:
+    args = ["train", "minicity/source_only", *TINY, "train.select_best=accuracy"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main([*args, "--out", str(tmp_path / "x")]) == 2
+    assert "train.select_best: 'accuracy' is not a label-free score" in err.getvalue()
+    assert "neg_entropy" in err.getvalue() and not (tmp_path / "x").exists()

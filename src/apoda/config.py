@@ -234,7 +234,10 @@ class TrainConfig:
     budget rule's threshold on the change of their agreement between evaluations.
     `keep_checkpoints` keeps the checkpoint of every evaluation point besides last.pt
     (`checkpoints/iter_NNNNNN.pt`, hard links: no extra writing; each costs one checkpoint's
-    disk space once last.pt moves on), for choosing among them afterwards (`apoda select`)."""
+    disk space once last.pt moves on), for choosing among them afterwards (`apoda select`).
+    `select_best`: false reports the last snapshot; true the one with the best target-val mIoU
+    (oracle selection, labelled so); the name of a label-free score (`LABEL_FREE_SCORES`,
+    `apoda.selection`) the evaluation point where that score is highest, no target label read."""
 
     iterations: int = 1000
     eval_every: int = 250
@@ -242,7 +245,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     seed: int = 0
     device: str = "auto"
-    select_best: bool = False
+    select_best: bool | str = False
     amp: bool = True
     channels_last: bool = False
     nonfinite: NonfiniteMode = "stop"
@@ -258,11 +261,28 @@ class TrainConfig:
         non_negative(self, "train", ["settle_tolerance"])
         for key in ("eval_every", "samples", "probe_images"):
             require(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "0 (off) or more")
-        if self.select_best and self.eval_every == 0:
+        if isinstance(self.select_best, str) and self.select_best not in LABEL_FREE_SCORES:
             raise ApodaError(
-                "train.select_best=true needs train.eval_every >= 1: with eval_every=0 the run "
-                "evaluates only at the end, so there is nothing to select among"
+                f"train.select_best: {self.select_best!r} is not a label-free score; expected "
+                f"true (target-val mIoU, oracle), false or one of {', '.join(LABEL_FREE_SCORES)}"
             )
+        if self.select_best is not False and self.eval_every == 0:
+            value = str(self.select_best).lower()
+            raise ApodaError(
+                f"train.select_best={value} needs train.eval_every >= 1: with eval_every=0 the "
+                "run evaluates only at the end, so there is nothing to select among"
+            )
+
+
+LABEL_FREE_SCORES = (
+    "heldout_source_miou",
+    "neg_entropy",
+    "info_max",
+    "augmentation_agreement",
+    "snd",
+    "teacher_student_agreement",
+)
+"""The label-free checkpoint scores of `apoda.selection` (higher is better), by name."""
 
 
 @dataclass

@@ -58,6 +58,13 @@ SELECTION_FINAL = "final"
 SELECTION_ORACLE = "oracle-best"
 """metrics.json `selection`: the last snapshot, or the snapshot with the best target-val mIoU
 (model selection on the test set, only behind `train.select_best`)."""
+SELECTION_LABEL_FREE = "label-free:"
+"""metrics.json `selection` prefix of a snapshot chosen by a label-free score
+(`train.select_best: SCORE`), followed by the score's name."""
+LABEL_FREE_NOTE = (
+    "`label-free:SCORE` reports the evaluation point where that label-free score was highest "
+    "(`apoda.selection`; no target label read), with its target-val metrics."
+)
 ORACLE_NOTE = (
     "`oracle-best` picks the snapshot by its target-val mIoU, i.e. model selection on the "
     "test set; `final` is the last snapshot."
@@ -197,6 +204,7 @@ class RunLog:
             if probe.get(key) is not None:
                 self.writer.add_scalar(f"pseudo_labels/{key}", probe[key], iteration)
         keys = ("miou", "head_miou", "tail_miou", "per_class", "subsets", "pseudo_labels")
+        keys += ("selection_scores",)
         self._write(
             {
                 "kind": "eval",

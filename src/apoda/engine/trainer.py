@@ -41,6 +41,7 @@ from apoda.engine.data import (
     source_draw,
     source_stats,
 )
+from apoda.engine.label_free import DEFAULT_IMAGES, RunInputs, score_networks
 from apoda.engine.pseudo_probe import PseudoLabelProbe
 from apoda.errors import ApodaError, RunInterrupted
 from apoda.evaluation import evaluate_segmenter
@@ -192,6 +193,10 @@ class Trainer:
             self.data.target, batch, seed + 1, self.rank, self.world, workers
         )
         self.probe = self._pseudo_label_probe()
+        rule = cfg.train.select_best
+        self.selection_inputs = (
+            RunInputs.of(cfg, self.data, DEFAULT_IMAGES) if isinstance(rule, str) else None
+        )
 
     def _pseudo_label_probe(self) -> PseudoLabelProbe | None:
         """The probe of a method with a mean teacher (the module named `teacher`), on the main
@@ -291,15 +296,35 @@ class Trainer:
                     "agreement with the previous evaluation's moved by less than "
                     f"train.settle_tolerance={self.config.train.settle_tolerance})"
                 )
+        if self.selection_inputs is not None:
+            metrics["selection_scores"] = self._label_free_scores()
         self.method.set_train_mode()
         return metrics
 
+    def _label_free_scores(self) -> dict[str, float | None]:
+        """`apoda.selection`'s scores of the evaluated network now (with its teacher-student
+        partner, if the method has a teacher); the global RNG is restored, so that selection
+        leaves training as it would be without it."""
+        assert self.selection_inputs is not None
+        modules = self.method.modules
+        partner_name = {"segmenter": "teacher", "teacher": "segmenter"}[self.method.evaluated]
+        rng = torch.get_rng_state()
+        scores, _ = score_networks(
+            self._evaluated_network(), modules.get(partner_name), self.selection_inputs
+        )
+        torch.set_rng_state(rng)
+        return scores
+
     def _track_best(self, metrics: dict[str, Any], iteration: int) -> None:
-        """Oracle selection (behind train.select_best): keep the best snapshot on target val."""
-        miou = metrics["miou"]
-        if miou is None or (self.best is not None and miou <= self.best["miou"]):
+        """`train.select_best`: keep the snapshot with the best target-val mIoU (true, oracle)
+        or label-free score (its name) as best.pt."""
+        rule = self.config.train.select_best
+        value = metrics["miou"] if rule is True else metrics["selection_scores"][rule]
+        # best.pt of runs before label-free selection holds "miou"
+        best = None if self.best is None else self.best.get("value", self.best.get("miou"))
+        if value is None or (best is not None and value <= best):
             return
-        self.best = {"miou": miou, "iteration": iteration}
+        self.best = {"value": value, "iteration": iteration}
         if self.main:
             best = self._state(iteration)
             best["metrics"] = metrics
@@ -355,7 +380,7 @@ class Trainer:
             runlog.eval(total, metrics)
         if cfg.train.select_best:
             self._track_best(metrics, total)
-            metrics = self._oracle_metrics(metrics)
+            metrics = self._selected_metrics(metrics)
         metrics["skipped_steps"] = self.method.skipped_steps
         warning = self._skipped_warning(total)
         if warning:
@@ -450,8 +475,9 @@ class Trainer:
             f"values (train.nonfinite=skip): the run trained on {total - skipped} steps"
         )
 
-    def _oracle_metrics(self, final: dict[str, Any]) -> dict[str, Any]:
-        """The best snapshot's metrics, labelled as oracle selection on the target val set."""
+    def _selected_metrics(self, final: dict[str, Any]) -> dict[str, Any]:
+        """The best snapshot's metrics, labelled with the rule that chose it: oracle selection
+        on the target val set, or `label-free:SCORE`."""
         best_path = self.run_dir / runs.BEST_CHECKPOINT
         assert self.best is not None
         if self.best["iteration"] == final["iteration"] or not best_path.is_file():
@@ -459,7 +485,9 @@ class Trainer:
         else:
             chosen = dict(load_checkpoint(best_path)["metrics"])
             chosen["checkpoint"] = str(best_path)
-        chosen["selection"] = runs.SELECTION_ORACLE
+        rule = self.config.train.select_best
+        label = runs.SELECTION_ORACLE if rule is True else f"{runs.SELECTION_LABEL_FREE}{rule}"
+        chosen["selection"] = label
         chosen["final_miou"] = final["miou"]
         return chosen
 

@@ -24,7 +24,13 @@ from apoda.report.plots import (
     pseudo_label_records,
 )
 from apoda.report.reading import Run, class_names_of, format_percent, tail_of, union
-from apoda.runs import ORACLE_NOTE, REPORT_FILE, is_oracle_selection
+from apoda.runs import (
+    LABEL_FREE_NOTE,
+    ORACLE_NOTE,
+    REPORT_FILE,
+    SELECTION_LABEL_FREE,
+    is_oracle_selection,
+)
 
 
 def _cell(text: Any) -> str:
@@ -212,6 +218,10 @@ def write_report(
     lines = [f"# {title}", "", "## Summary", "", *_summary_table(runs), ""]
     if any(r.metrics and is_oracle_selection(r.metrics.get("selection")) for r in runs):
         lines += [f"Note: {ORACLE_NOTE}", ""]
+    if any(
+        str((r.metrics or {}).get("selection", "")).startswith(SELECTION_LABEL_FREE) for r in runs
+    ):
+        lines += [f"Note: {LABEL_FREE_NOTE}", ""]
     lines += ["## Per-class IoU", "", *_per_class_table(runs), "", "## Pictures", ""]
     for key, (draw, missing, source) in drawers.items():
         lines += [f"### {_TITLES[key]} {source}".rstrip(), ""]
