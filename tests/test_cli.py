@@ -13,11 +13,16 @@ from apoda.cli import COMMANDS, main
 from conftest import TINY
 
 
+def _fast_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[Path, str]:
+    """`apoda demo --fast FLAGS` into tmp_path/demo: the folder and what it printed."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--fast", *flags, "--out", str(out)]) == 0
+    return out, capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_fast_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "demo"
-    assert main(["demo", "--fast", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    out, printed = _fast_demo(tmp_path, capsys)
     assert (
         "| class | source only | APODA attack off | APODA | APODA - APODA attack off |" in printed
     )
@@ -52,9 +57,7 @@ def test_fast_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_the_self_training_demo_adds_a_dacs_row_from_the_step1_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "demo"
-    assert main(["demo", "--fast", "--self-training", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    out, printed = _fast_demo(tmp_path, capsys, "--self-training")
     assert "| class | source only | APODA attack off | APODA | DACS |" in printed
     assert "its matched control is in `apoda suite selftraining`" in printed
     summary = json.loads((out / "summary.json").read_text())
@@ -70,9 +73,7 @@ def test_the_self_training_demo_adds_a_dacs_row_from_the_step1_checkpoint(
 def test_fast_imagenet_demo_runs_the_paper_regime_configs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "demo"
-    assert main(["demo", "--fast", "--imagenet", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    out, printed = _fast_demo(tmp_path, capsys, "--imagenet")
     assert "loaded 240/240 backbone tensors" in printed  # step 1 starts from ImageNet weights
     assert "| class | source only | APODA attack off | APODA |" in printed
     assert json.loads((out / "summary.json").read_text())["family"] == "minicity_imagenet"
