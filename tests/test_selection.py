@@ -29,7 +29,7 @@ from apoda.engine.label_free import (
     teacher_student_agreement,
 )
 from apoda.runs import saved_config
-from apoda.selection import SCORE_NAMES, choose, regret, spearman
+from apoda.selection import SCORE_NAMES, choose, regret, spearman, study, summarise_run
 from conftest import TINY
 
 IMAGENET = Normalisation("imagenet")
@@ -216,6 +216,8 @@ def test_correlations_are_in_range_and_no_rule_beats_the_best_checkpoint(
     heldout = [c["scores"]["heldout_source_miou"] for r in result["runs"] for c in r["checkpoints"]]
     assert best["value"] == max(heldout)
     assert f"across the runs, heldout_source_miou chooses {best['run']}" in printed
+    assert "Over 2 runs (regret in mIoU points" in printed
+    assert result["study"]["within_runs"]["last"]["runs"] == 2
 
 
 @pytest.mark.slow
@@ -271,3 +273,37 @@ def test_select_best_names_a_label_free_score_or_is_refused(tmp_path: Path) -> N
         assert main([*args, "--out", str(tmp_path / "x")]) == 2
     assert "train.select_best: 'accuracy' is not a label-free score" in err.getvalue()
     assert "neg_entropy" in err.getvalue() and not (tmp_path / "x").exists()
+
+
+def _record(run: str, targets: list[float], entropy: list[float]) -> dict[str, Any]:
+    """A labelled run record whose only score is neg_entropy, summarised for `score`."""
+    rows = [
+        {
+            "iteration": 100 * (i + 1),
+            "checkpoint": f"{run}/{i}",
+            "target_miou": t,
+            "scores": {n: (e if n == "neg_entropy" else None) for n in SCORE_NAMES},
+        }
+        for i, (t, e) in enumerate(zip(targets, entropy, strict=True))
+    ]
+    record = {"run": run, "checkpoints": rows}
+    summarise_run(record, "neg_entropy", labels=True)
+    return record
+
+
+def test_the_study_judges_each_rule_within_and_across_runs() -> None:
+    a = _record("a", [20.0, 22.0, 21.0], [-3.0, -1.0, -2.0])  # entropy picks the best: 0
+    b = _record("b", [30.0, 29.0, 28.0], [-3.0, -2.0, -1.0])  # picks the worst: regret 2
+    summary = study([a, b])
+    entropy, last = summary["within_runs"]["neg_entropy"], summary["within_runs"]["last"]
+    assert entropy["mean_regret"] == 1.0 and entropy["max_regret"] == 2.0
+    assert entropy["share_within_0.5"] == 0.5
+    assert entropy["mean_spearman"] == pytest.approx((1.0 + -1.0) / 2)
+    assert last["mean_regret"] == pytest.approx((1.0 + 2.0) / 2)  # 22-21, 30-28
+    random = summary["within_runs"]["random"]["mean_regret"]
+    assert random == pytest.approx(((22 - 21) + (30 - 29)) / 2)
+    # across: the highest neg_entropy of all six checkpoints is a's 2nd and b's 3rd (-1.0):
+    # the earlier one, a's 22.0, against the best 30.0
+    assert summary["across_runs_regret"]["neg_entropy"] == pytest.approx(8.0)
+    assert summary["across_runs_regret"]["random"] == pytest.approx(30 - 150 / 6)
+    assert summary["within_runs"]["snd"]["runs"] == 0  # a score no run has: no verdict

@@ -227,6 +227,37 @@ def across_runs(records: Sequence[dict[str, Any]], score: str) -> dict[str, Any]
     }
 
 
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def study(records: Sequence[dict[str, Any]], tolerance: float = 0.5) -> dict[str, Any]:
+    """Each rule judged over labelled runs: within runs, the mean and largest regret, the share
+    of runs whose regret is at most `tolerance` mIoU and the mean Spearman correlation; across
+    the runs (one table's methods: which run and checkpoint to report), the regret of the
+    checkpoint the score chooses among all of them (`random`: the best minus the mean)."""
+    within: dict[str, Any] = {}
+    for rule in [*SCORE_NAMES, *BASELINE_RULES]:
+        lost = [r["regret"][rule] for r in records if r["regret"].get(rule) is not None]
+        rho = [r["spearman"][rule] for r in records if r["spearman"].get(rule) is not None]
+        within[rule] = {
+            "runs": len(lost),
+            "mean_regret": _mean(lost),
+            "max_regret": max(lost) if lost else None,
+            f"share_within_{tolerance}": _mean([float(x <= tolerance) for x in lost]),
+            "mean_spearman": _mean(rho),
+        }
+    rows = [row for record in records for row in record["checkpoints"]]
+    targets = [row["target_miou"] for row in rows]
+    across = {name: None for name in SCORE_NAMES} | {"random": None}
+    if rows and None not in targets:
+        for name in SCORE_NAMES:
+            pick = choose(_column(rows, name))
+            across[name] = None if pick is None else regret(targets, pick)
+        across["random"] = max(targets) - sum(targets) / len(targets)
+    return {"tolerance": tolerance, "within_runs": within, "across_runs_regret": across}
+
+
 def select(
     runs: Sequence[str | Path],
     images: int = DEFAULT_IMAGES,
@@ -275,6 +306,7 @@ def select(
         rows = [row for record in records for row in record["checkpoints"]]
         targets = [row["target_miou"] for row in rows]
         result["spearman_all"] = {n: spearman(_column(rows, n), targets) for n in SCORE_NAMES}
+        result["study"] = study(records)
     return result
 
 
@@ -352,7 +384,28 @@ def format_selection(result: dict[str, Any]) -> str:
         spearman_all = result["spearman_all"]
         rows = [[name, _number(spearman_all[name])] for name in SCORE_NAMES]
         parts.append("\n".join(_table(["score", f"Spearman over all {total} checkpoints"], rows)))
+        parts.append(_study_table(result["study"], len(result["runs"])))
     return "\n\n".join(parts)
+
+
+def _study_table(summary: dict[str, Any], runs: int) -> str:
+    """`study`'s numbers: a row per rule."""
+    tolerance = summary["tolerance"]
+    header = ["rule", "mean regret", "largest regret", f"runs within {tolerance}",
+              "mean Spearman", f"regret across the {runs} runs"]  # fmt: skip
+    cells = [
+        [
+            rule,
+            _number(judged["mean_regret"]),
+            _number(judged["max_regret"]),
+            _number(judged[f"share_within_{tolerance}"]),
+            _number(judged["mean_spearman"]),
+            _number(summary["across_runs_regret"].get(rule)),
+        ]
+        for rule, judged in summary["within_runs"].items()
+    ]
+    title = f"Over {runs} runs (regret in mIoU points; within a run, then across all runs)"
+    return "\n".join([title, "", *_table(header, cells)])
 
 
 def write_selection(result: dict[str, Any], path: Path) -> None:
