@@ -24,27 +24,32 @@ def _fast_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str) 
 def test_fast_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, printed = _fast_demo(tmp_path, capsys)
     assert (
-        "| class | source only | APODA attack off | APODA | APODA - APODA attack off |" in printed
+        "| class | source only | APODA attack off | APODA | DACS | APODA - APODA attack off |"
+        in printed
     )
+    assert "its matched control is in `apoda suite selftraining`" in printed
     for row in ("| road |", "| head mean |", "| tail mean (*) |", "| mIoU |"):
         assert row in printed
     assert "*" in printed.split("| class |")[1]  # tail classes are marked
-    for run in ("source_only", "apoda_none", "apoda"):
+    for run in ("source_only", "apoda_none", "apoda", "dacs"):
         metrics = json.loads((out / run / "metrics.json").read_text())
         assert metrics["num_classes"] == 19 and metrics["split"] == "val"
         assert (out / run / "checkpoints" / "last.pt").is_file()
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["runs"]) == {"source_only", "apoda_none", "apoda"}
+    assert set(summary["runs"]) == {"source_only", "apoda_none", "apoda", "dacs"}
+    assert summary["self_training"] is True
     report = (out / "report.md").read_text()
     for picture in ("per_class_iou.png", "qualitative.png", "gradient_intensity.png", "curves.png"):
         assert picture in report
         assert (out / picture).stat().st_size > 5000
-    # APODA starts from the step-1 checkpoint
-    cfg = (out / "apoda" / "config.yaml").read_text()
-    assert str(out / "source_only" / "checkpoints" / "last.pt") in cfg
+    # APODA and DACS start from the step-1 checkpoint
+    for run in ("apoda", "dacs"):
+        cfg = (out / run / "config.yaml").read_text()
+        assert str(out / "source_only" / "checkpoints" / "last.pt") in cfg
+    assert "name: dacs" in (out / "dacs" / "config.yaml").read_text()
     # a second call reuses the finished runs instead of training again
     assert main(["demo", "--fast", "--out", str(out)]) == 0
-    assert capsys.readouterr().out.count("reusing finished run") == 3
+    assert capsys.readouterr().out.count("reusing finished run") == 4
     # ... but the full demo never passes the fast runs off as its own
     assert main(["demo", "--out", str(out)]) == 2
     captured = capsys.readouterr()
@@ -54,19 +59,17 @@ def test_fast_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 @pytest.mark.slow
-def test_the_self_training_demo_adds_a_dacs_row_from_the_step1_checkpoint(
+def test_the_demo_without_self_training_has_the_three_apoda_rows(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out, printed = _fast_demo(tmp_path, capsys, "--self-training")
-    assert "| class | source only | APODA attack off | APODA | DACS |" in printed
-    assert "its matched control is in `apoda suite selftraining`" in printed
+    out, printed = _fast_demo(tmp_path, capsys, "--no-self-training")
+    assert (
+        "| class | source only | APODA attack off | APODA | APODA - APODA attack off |" in printed
+    )
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["self_training"] is True
-    assert set(summary["runs"]) == {"source_only", "apoda_none", "apoda", "dacs"}
-    cfg = (out / "dacs" / "config.yaml").read_text()
-    assert "name: dacs" in cfg
-    assert str(out / "source_only" / "checkpoints" / "last.pt") in cfg
-    assert "DACS" in (out / "report.md").read_text()
+    assert summary["self_training"] is False
+    assert set(summary["runs"]) == {"source_only", "apoda_none", "apoda"}
+    assert not (out / "dacs").exists()
 
 
 @pytest.mark.slow
@@ -76,7 +79,8 @@ def test_fast_imagenet_demo_runs_the_paper_regime_configs(
     out, printed = _fast_demo(tmp_path, capsys, "--imagenet")
     assert "loaded 240/240 backbone tensors" in printed  # step 1 starts from ImageNet weights
     assert "| class | source only | APODA attack off | APODA |" in printed
-    assert json.loads((out / "summary.json").read_text())["family"] == "minicity_imagenet"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["family"] == "minicity_imagenet" and summary["self_training"] is False
     for run in ("source_only", "apoda_none", "apoda"):
         cfg = (out / run / "config.yaml").read_text()
         assert "arch: efficientnet_lite0" in cfg and "bn_mode: frozen" in cfg, run

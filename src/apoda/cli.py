@@ -109,12 +109,12 @@ def _add_command(
 
 # -- commands -----------------------------------------------------------------------------------
 def _add_demo(sub: _Subparsers) -> None:
-    """`apoda demo`: MiniCity, source only, APODA and its attack-off control, one report."""
+    """`apoda demo`: MiniCity, source only, APODA and its attack-off control, DACS, one report."""
     p = _add_command(
         sub,
         "demo",
-        "Generate MiniCity, train source only (step 1), then APODA and APODA with the "
-        "attack off from that checkpoint; print the per-class table and write the report.",
+        "Generate MiniCity, train source only (step 1), then APODA, APODA with the attack off "
+        "and DACS from that checkpoint; print the per-class table and write the report.",
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--fast", action="store_true", help="a much shorter schedule (smoke test, CI)")
@@ -127,9 +127,10 @@ def _add_demo(sub: _Subparsers) -> None:
     )
     p.add_argument(
         "--self-training",
-        action="store_true",
-        help="add a DACS row (self-training with cross-domain mixing) from the same step-1 "
-        "checkpoint; longer: see benchmarks/results/demo_time_selftraining.json",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the DACS row (self-training with cross-domain mixing) from the same step-1 "
+        "checkpoint: on by default, off by default with --imagenet",
     )
 
 
