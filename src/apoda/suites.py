@@ -141,8 +141,8 @@ SELF_TRAINING: tuple[Row, ...] = (
     Row(
         "dacs_perturb",
         "DACS + APODA's perturbation (pre-registered)",
-        "dacs_perturb",
-        SELF_TRAINING_SCHEDULE,
+        "dacs",  # = minicity/dacs_perturb: method.attack's defaults are APODA's attack
+        (*SELF_TRAINING_SCHEDULE, "method.perturbation_lambda=1.0"),
         ours=True,
     ),
     MATCHED,
