@@ -88,9 +88,13 @@ def _run(out: Path, *extra: str) -> Trainer:
     return Trainer(cfg, out, resume=(out / "checkpoints").is_dir(), log=lambda _m: None)
 
 
-def _probes(run_dir: Path) -> list[dict[str, Any]]:
+def _evals(run_dir: Path) -> list[dict[str, Any]]:
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    return [r["pseudo_labels"] for r in records if r["kind"] == "eval"]
+    return [r for r in records if r["kind"] == "eval"]
+
+
+def _probes(run_dir: Path) -> list[dict[str, Any]]:
+    return [r["pseudo_labels"] for r in _evals(run_dir)]
 
 
 @pytest.mark.slow
@@ -118,14 +122,10 @@ def test_a_dacs_run_logs_the_probe_resumes_it_and_trains_the_same_without_it(
     assert _probes(tmp_path / "killed") == probes
 
     _run(tmp_path / "off", "train.probe_images=0").fit()
-    assert all("pseudo_labels" not in r for r in _probes_or_none(tmp_path / "off"))
+    off_evals = _evals(tmp_path / "off")
+    assert len(off_evals) == 3 and all("pseudo_labels" not in r for r in off_evals)
     whole = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")["modules"]
     off = load_checkpoint(tmp_path / "off" / "checkpoints" / "last.pt")["modules"]
     for module in ("segmenter", "teacher"):
         for key, value in whole[module].items():
             assert torch.equal(value, off[module][key]), (module, key)
-
-
-def _probes_or_none(run_dir: Path) -> list[dict[str, Any]]:
-    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    return [r for r in records if r["kind"] == "eval"]
