@@ -29,7 +29,15 @@ from apoda.engine.label_free import (
     teacher_student_agreement,
 )
 from apoda.runs import saved_config
-from apoda.selection import SCORE_NAMES, choose, regret, spearman, study, summarise_run
+from apoda.selection import (
+    SCORE_NAMES,
+    choose,
+    regret,
+    spearman,
+    study,
+    summarise,
+    summarise_run,
+)
 from conftest import TINY
 
 IMAGENET = Normalisation("imagenet")
@@ -282,11 +290,12 @@ def _record(run: str, targets: list[float], entropy: list[float]) -> dict[str, A
             "iteration": 100 * (i + 1),
             "checkpoint": f"{run}/{i}",
             "target_miou": t,
+            "target_tail_miou": t / 4,
             "scores": {n: (e if n == "neg_entropy" else None) for n in SCORE_NAMES},
         }
         for i, (t, e) in enumerate(zip(targets, entropy, strict=True))
     ]
-    record = {"run": run, "checkpoints": rows}
+    record = {"run": run, "target_images": 64, "checkpoints": rows}
     summarise_run(record, "neg_entropy", labels=True)
     return record
 
@@ -307,3 +316,84 @@ def test_the_study_judges_each_rule_within_and_across_runs() -> None:
     assert summary["across_runs_regret"]["neg_entropy"] == pytest.approx(8.0)
     assert summary["across_runs_regret"]["random"] == pytest.approx(30 - 150 / 6)
     assert summary["within_runs"]["snd"]["runs"] == 0  # a score no run has: no verdict
+
+
+def test_across_tables_judges_each_folder_of_runs_on_its_own() -> None:
+    # two tables (folders t0, t1) and a run alone in its folder, which is no table
+    a = _record("t0/a", [20.0, 22.0], [-3.0, -1.0])  # t0: entropy's pick 22 = its best
+    b = _record("t0/b", [21.0, 19.0], [-2.0, -4.0])
+    c = _record("t1/c", [30.0, 29.0], [-3.0, -2.0])  # t1: picks 29 (-2) against 31
+    d = _record("t1/d", [31.0, 25.0], [-5.0, -6.0])
+    alone = _record("t2/e", [10.0, 12.0], [0.0, -1.0])
+    summary = study([a, b, c, d, alone])
+    assert summary["tables"] == ["t0", "t1"]
+    entropy = summary["across_tables"]["neg_entropy"]
+    assert entropy["tables"] == 2
+    assert entropy["mean_regret"] == pytest.approx((0.0 + 2.0) / 2) and entropy["max_regret"] == 2.0
+    random = summary["across_tables"]["random"]
+    assert random["mean_regret"] == pytest.approx(((22 - 20.5) + (31 - 28.75)) / 2)
+    # pooled over all runs, entropy picks e's first checkpoint (0.0): 10 against the best 31
+    assert summary["across_runs_regret"]["neg_entropy"] == pytest.approx(21.0)
+
+
+def _scored_file(path: Path, records: list[dict[str, Any]], **changes: Any) -> Path:
+    """An `apoda select --labels` JSON of `records` (as if scored on 64 images), changed."""
+    result = summarise(records, "neg_entropy", labels=True, images=64) | changes
+    path.write_text(json.dumps(result))
+    return path
+
+
+def test_scored_files_pool_into_the_study_of_all_their_runs(tmp_path: Path) -> None:
+    runs = [
+        _record(f"t{i // 2}/{i}", [20.0 + i, 21.0, 19.0 + 2 * i], [-1.0, -2.0, -i])
+        for i in range(4)
+    ]
+    whole = summarise(json.loads(json.dumps(runs)), "neg_entropy", labels=True, images=64)
+    first = _scored_file(tmp_path / "first.json", runs[:3])
+    second = _scored_file(tmp_path / "second.json", runs[3:])
+    out = tmp_path / "pooled.json"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        args = ["select", "--scored", str(first), str(second), "--labels", "--score", "neg_entropy"]
+        assert main([*args, "--out", str(out)]) == 0
+    pooled = json.loads(out.read_text())
+    assert pooled["study"] == whole["study"] and pooled["spearman_all"] == whole["spearman_all"]
+    assert [r["run"] for r in pooled["runs"]] == [r["run"] for r in runs]
+    assert "Over 4 runs" in printed.getvalue() and "mean regret per table (2)" in printed.getvalue()
+
+
+def test_scored_files_that_cannot_be_pooled_are_refused_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = [_record(f"t/{i}", [20.0, 21.0, 22.0], [-1.0, -2.0, -3.0]) for i in range(2)]
+    good = _scored_file(tmp_path / "good.json", runs[:1])
+    cases = {
+        "twice": (
+            _scored_file(tmp_path / "twice.json", runs[:1]),
+            "runs scored in more than one file: t/0",
+        ),
+        "unlabelled": (
+            _scored_file(tmp_path / "u.json", runs[1:], labels=False),
+            "scored without --labels",
+        ),
+        "settings": (
+            _scored_file(tmp_path / "s.json", runs[1:], settings={}),
+            "other scores or settings",
+        ),
+        "images": (
+            _scored_file(tmp_path / "i.json", runs[1:], images=32),
+            "different numbers of target images",
+        ),
+        "not json": (tmp_path / "bad.json", "expected the JSON that apoda select writes"),
+    }
+    (tmp_path / "bad.json").write_text("{")
+    for case, (other, message) in cases.items():
+        assert main(["select", "--scored", str(good), str(other), "--labels"]) == 2, case
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (case, err)
+        if case in ("unlabelled", "settings", "not json"):
+            assert str(other) in err, case
+    assert main(["select", str(tmp_path), "--scored", str(good)]) == 2
+    assert "one of the two" in capsys.readouterr().err
+    assert main(["select"]) == 2
+    assert "one of the two" in capsys.readouterr().err

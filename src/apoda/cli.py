@@ -393,7 +393,14 @@ def _add_select(sub: _Subparsers) -> None:
         "better; docs/selection.md), print a table per run with the checkpoint each score "
         "chooses, and write every number as JSON.",
     )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run folders")
+    p.add_argument(
+        "--scored",
+        nargs="+",
+        metavar="FILE",
+        help="instead of run folders: the JSON files of earlier apoda select runs, pooled and "
+        "judged again without scoring (a study over runs scored in parts)",
+    )
     p.add_argument(
         "--labels",
         action="store_true",
@@ -440,8 +447,16 @@ def cmd_select(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise ApodaError(f"--out {out} is a folder; name the JSON file to write")
     writable_folder(out.parent)
-    images = args.images or selection.DEFAULT_IMAGES
-    result = selection.select(args.runs, images, args.heldout_root, args.labels, score)
+    if bool(args.runs) == bool(args.scored):
+        raise ApodaError("apoda select: name run folders or --scored FILE ..., one of the two")
+    if args.scored:
+        if args.images or args.heldout_root:
+            raise ApodaError("--scored: --images and --heldout-root apply to scoring, not here")
+        records, images = selection.read_scored(args.scored, args.labels)
+        result = selection.summarise(records, score, args.labels, images)
+    else:
+        images = args.images or selection.DEFAULT_IMAGES
+        result = selection.select(args.runs, images, args.heldout_root, args.labels, score)
     print(selection.format_selection(result))
     selection.write_selection(result, out)
     print(f"wrote {out}")

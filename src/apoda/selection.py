@@ -231,11 +231,34 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _group_regret(records: Sequence[dict[str, Any]], rule: str) -> float | None:
+    """The regret of the checkpoint `rule` chooses among all of `records`' checkpoints
+    (`random`: the best minus the mean); None when a value is missing."""
+    rows = [row for record in records for row in record["checkpoints"]]
+    targets = [row["target_miou"] for row in rows]
+    if not rows or None in targets:
+        return None
+    if rule == "random":
+        return max(targets) - sum(targets) / len(targets)
+    pick = choose(_column(rows, rule))
+    return None if pick is None else regret(targets, pick)
+
+
+def table_groups(records: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Runs grouped by their parent folder, those of two runs or more: a suite keeps one
+    table's methods for one seed in OUT/seedS/ROW, so a group is what a table reports."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault(str(Path(record["run"]).parent), []).append(record)
+    return {name: group for name, group in groups.items() if len(group) > 1}
+
+
 def study(records: Sequence[dict[str, Any]], tolerance: float = 0.5) -> dict[str, Any]:
     """Each rule judged over labelled runs: within runs, the mean and largest regret, the share
     of runs whose regret is at most `tolerance` mIoU and the mean Spearman correlation; across
-    the runs (one table's methods: which run and checkpoint to report), the regret of the
-    checkpoint the score chooses among all of them (`random`: the best minus the mean)."""
+    runs, the regret of the checkpoint the score chooses among all of them, and per table
+    (`table_groups`: which method and checkpoint a table would report) its mean and largest
+    regret (`random`: the best minus the mean)."""
     within: dict[str, Any] = {}
     for rule in [*SCORE_NAMES, *BASELINE_RULES]:
         lost = [r["regret"][rule] for r in records if r["regret"].get(rule) is not None]
@@ -247,15 +270,33 @@ def study(records: Sequence[dict[str, Any]], tolerance: float = 0.5) -> dict[str
             f"share_within_{tolerance}": _mean([float(x <= tolerance) for x in lost]),
             "mean_spearman": _mean(rho),
         }
-    rows = [row for record in records for row in record["checkpoints"]]
-    targets = [row["target_miou"] for row in rows]
-    across = {name: None for name in SCORE_NAMES} | {"random": None}
-    if rows and None not in targets:
-        for name in SCORE_NAMES:
-            pick = choose(_column(rows, name))
-            across[name] = None if pick is None else regret(targets, pick)
-        across["random"] = max(targets) - sum(targets) / len(targets)
-    return {"tolerance": tolerance, "within_runs": within, "across_runs_regret": across}
+    rules = [*SCORE_NAMES, "random"]
+    groups = table_groups(records)
+    per_table: dict[str, Any] = {}
+    for rule in rules:
+        lost = [x for g in groups.values() if (x := _group_regret(g, rule)) is not None]
+        per_table[rule] = {
+            "tables": len(lost),
+            "mean_regret": _mean(lost),
+            "max_regret": max(lost) if lost else None,
+        }
+    return {
+        "tolerance": tolerance,
+        "within_runs": within,
+        "across_runs_regret": {rule: _group_regret(records, rule) for rule in rules},
+        "tables": sorted(groups),
+        "across_tables": per_table,
+    }
+
+
+SETTINGS = {
+    "snd_pixels": SND_PIXELS,
+    "snd_tau": SND_TAU,
+    "photometric": PHOTOMETRIC,
+    "heldout_seed_offset": HELDOUT_SEED_OFFSET,
+    "heldout_images": HELDOUT_IMAGES,
+}
+"""What every score was computed with: files scored otherwise are not pooled (`read_scored`)."""
 
 
 def select(
@@ -283,6 +324,14 @@ def select(
             f"heldout_source_miou: skipped for {', '.join(skipped)} (a source other than "
             "MiniCity: --heldout-root DIR gives labelled source images in its format)"
         )
+    return summarise(records, score, labels, images)
+
+
+def summarise(
+    records: list[dict[str, Any]], score: str, labels: bool, images: int
+) -> dict[str, Any]:
+    """Scored runs (`score_run`'s records) with what each rule chooses and, with `labels`, how
+    well: the result `apoda select` prints and writes."""
     for record in records:
         summarise_run(record, score, labels)
     result: dict[str, Any] = {
@@ -291,13 +340,7 @@ def select(
         "scores": list(SCORE_NAMES),
         "images": images,
         "labels": labels,
-        "settings": {
-            "snd_pixels": SND_PIXELS,
-            "snd_tau": SND_TAU,
-            "photometric": PHOTOMETRIC,
-            "heldout_seed_offset": HELDOUT_SEED_OFFSET,
-            "heldout_images": HELDOUT_IMAGES,
-        },
+        "settings": SETTINGS,
         "runs": records,
     }
     if len(records) > 1:
@@ -308,6 +351,42 @@ def select(
         result["spearman_all"] = {n: spearman(_column(rows, n), targets) for n in SCORE_NAMES}
         result["study"] = study(records)
     return result
+
+
+def read_scored(files: Sequence[str | Path], labels: bool) -> tuple[list[dict[str, Any]], int]:
+    """The scored runs of earlier `apoda select` JSON files, pooled to be judged again without
+    scoring (`apoda select --scored`), and the target images they were scored on. Files scored
+    with other settings, other scores, or (for `labels`) without labels are refused."""
+    records: list[dict[str, Any]] = []
+    images: set[int] = set()
+    for name in files:
+        path = Path(name)
+        try:
+            result = json.loads(path.read_text())
+            found, scored = result["runs"], (result["scores"], result["settings"])
+            images.add(int(result["images"]))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ApodaError(
+                f"--scored {path}: expected the JSON that apoda select writes ({error})"
+            ) from None
+        if scored != (list(SCORE_NAMES), SETTINGS):
+            raise ApodaError(
+                f"--scored {path}: scored with other scores or settings than these "
+                f"({', '.join(SCORE_NAMES)}; {SETTINGS}); score its runs again"
+            )
+        if labels and not result.get("labels"):
+            raise ApodaError(f"--scored {path}: scored without --labels, so it has no target mIoU")
+        records += found
+    if len(images) > 1:
+        raise ApodaError(
+            f"--scored: the files were scored on different numbers of target images "
+            f"({sorted(images)}); pool only files scored alike"
+        )
+    runs = [record["run"] for record in records]
+    twice = sorted({run for run in runs if runs.count(run) > 1})
+    if twice:
+        raise ApodaError(f"--scored: runs scored in more than one file: {', '.join(twice)}")
+    return records, images.pop()
 
 
 # -- the printed tables -------------------------------------------------------------------------
@@ -390,21 +469,29 @@ def format_selection(result: dict[str, Any]) -> str:
 
 def _study_table(summary: dict[str, Any], runs: int) -> str:
     """`study`'s numbers: a row per rule."""
-    tolerance = summary["tolerance"]
+    tolerance, tables = summary["tolerance"], len(summary["tables"])
     header = ["rule", "mean regret", "largest regret", f"runs within {tolerance}",
-              "mean Spearman", f"regret across the {runs} runs"]  # fmt: skip
-    cells = [
-        [
-            rule,
-            _number(judged["mean_regret"]),
-            _number(judged["max_regret"]),
-            _number(judged[f"share_within_{tolerance}"]),
-            _number(judged["mean_spearman"]),
-            _number(summary["across_runs_regret"].get(rule)),
-        ]
-        for rule, judged in summary["within_runs"].items()
-    ]
-    title = f"Over {runs} runs (regret in mIoU points; within a run, then across all runs)"
+              "mean Spearman", f"regret across the {runs} runs",
+              f"mean regret per table ({tables})", "largest per table"]  # fmt: skip
+    cells = []
+    for rule, judged in summary["within_runs"].items():
+        per_table = summary["across_tables"].get(rule, {})
+        cells.append(
+            [
+                rule,
+                _number(judged["mean_regret"]),
+                _number(judged["max_regret"]),
+                _number(judged[f"share_within_{tolerance}"]),
+                _number(judged["mean_spearman"]),
+                _number(summary["across_runs_regret"].get(rule)),
+                _number(per_table.get("mean_regret")),
+                _number(per_table.get("max_regret")),
+            ]
+        )
+    title = (
+        f"Over {runs} runs (regret in mIoU points; within a run, across all runs, and across "
+        "the runs of each table: the runs of one folder, a suite's methods for one seed)"
+    )
     return "\n".join([title, "", *_table(header, cells)])
 
 
