@@ -30,6 +30,7 @@ from apoda.engine.label_free import (
 )
 from apoda.runs import saved_config
 from apoda.selection import (
+    DEFAULT_SCORE,
     SCORE_NAMES,
     choose,
     regret,
@@ -187,7 +188,7 @@ def test_select_prints_a_row_per_kept_checkpoint_and_writes_every_score(
         assert set(checkpoint["scores"]) == set(SCORE_NAMES)
         assert 0 <= checkpoint["scores"]["augmentation_agreement"] <= 1
         assert checkpoint["scores"]["neg_entropy"] == -checkpoint["details"]["entropy"]
-    assert so["chosen"] == so["choices"]["heldout_source_miou"]  # the default score
+    assert so["chosen"] == so["choices"][DEFAULT_SCORE] and result["score"] == DEFAULT_SCORE
     # the target mIoU is `apoda eval`'s for that checkpoint
     kept = runs["so"] / "checkpoints" / "iter_000004.pt"
     assert main(["eval", str(kept), "--out", str(tmp_path / "eval")]) == 0
@@ -221,9 +222,9 @@ def test_correlations_are_in_range_and_no_rule_beats_the_best_checkpoint(
     assert all(v is None or -1 - 1e-9 <= v <= 1 + 1e-9 for v in pooled.values())
     assert "Spearman over all 5 checkpoints" in printed
     best = result["across_runs"]
-    heldout = [c["scores"]["heldout_source_miou"] for r in result["runs"] for c in r["checkpoints"]]
-    assert best["value"] == max(heldout)
-    assert f"across the runs, heldout_source_miou chooses {best['run']}" in printed
+    scores = [c["scores"][DEFAULT_SCORE] for r in result["runs"] for c in r["checkpoints"]]
+    assert best["value"] == max(scores)
+    assert f"across the runs, {DEFAULT_SCORE} chooses {best['run']}" in printed
     assert "Over 2 runs (regret in mIoU points" in printed
     assert result["study"]["within_runs"]["last"]["runs"] == 2
 
@@ -332,6 +333,10 @@ def test_across_tables_judges_each_folder_of_runs_on_its_own() -> None:
     assert entropy["mean_regret"] == pytest.approx((0.0 + 2.0) / 2) and entropy["max_regret"] == 2.0
     random = summary["across_tables"]["random"]
     assert random["mean_regret"] == pytest.approx(((22 - 20.5) + (31 - 28.75)) / 2)
+    # among the runs' last checkpoints: t0 picks a's 22 (-1) of 22, 19; t1 c's 29 (-2) of 29, 25
+    last = summary["across_tables_last"]
+    assert last["neg_entropy"]["mean_regret"] == pytest.approx((0.0 + 2.0) / 2)
+    assert last["random"]["mean_regret"] == pytest.approx(((22 - 20.5) + (31 - 27)) / 2)
     # pooled over all runs, entropy picks e's first checkpoint (0.0): 10 against the best 31
     assert summary["across_runs_regret"]["neg_entropy"] == pytest.approx(21.0)
 
