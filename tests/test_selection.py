@@ -225,6 +225,9 @@ def test_correlations_are_in_range_and_no_rule_beats_the_best_checkpoint(
     scores = [c["scores"][DEFAULT_SCORE] for r in result["runs"] for c in r["checkpoints"]]
     assert best["value"] == max(scores)
     assert f"across the runs, {DEFAULT_SCORE} chooses {best['run']}" in printed
+    kept = result["across_last"]  # the run whose last checkpoint scores highest
+    lasts = {r["run"]: r["checkpoints"][-1]["scores"][DEFAULT_SCORE] for r in result["runs"]}
+    assert kept["value"] == max(lasts.values()) and lasts[kept["run"]] == kept["value"]
     assert "Over 2 runs (regret in mIoU points" in printed
     assert result["study"]["within_runs"]["last"]["runs"] == 2
 
@@ -365,6 +368,12 @@ def test_scored_files_pool_into_the_study_of_all_their_runs(tmp_path: Path) -> N
     assert pooled["study"] == whole["study"] and pooled["spearman_all"] == whole["spearman_all"]
     assert [r["run"] for r in pooled["runs"]] == [r["run"] for r in runs]
     assert "Over 4 runs" in printed.getvalue() and "mean regret per table (2)" in printed.getvalue()
+    # which run to keep: the highest neg_entropy among the last checkpoints (-0, -1, -2, -3)
+    assert pooled["across_last"]["run"] == "t0/0" and pooled["across_last"]["iteration"] == 300
+    assert (
+        "among the runs' last checkpoints, neg_entropy chooses t0/0 iteration 300"
+        in printed.getvalue()
+    )
 
 
 def test_scored_files_that_cannot_be_pooled_are_refused_naming_the_file(

@@ -208,12 +208,16 @@ def summarise_run(record: dict[str, Any], score: str, labels: bool) -> None:
     record["regret"]["random"] = max(targets) - sum(targets) / len(targets) if known else None
 
 
-def across_runs(records: Sequence[dict[str, Any]], score: str) -> dict[str, Any] | None:
-    """The checkpoint of all runs with the highest `score` (runs without it left out)."""
+def across_runs(
+    records: Sequence[dict[str, Any]], score: str, last_only: bool = False
+) -> dict[str, Any] | None:
+    """The checkpoint of all runs with the highest `score` (runs without it left out), or with
+    `last_only` the run whose last checkpoint has it: which run to keep when each run's last
+    checkpoint is taken, the rule issue 26's study recommends (docs/results.md)."""
     candidates = [
         (row["scores"][score], record["run"], row)
         for record in records
-        for row in record["checkpoints"]
+        for row in (record["checkpoints"][-1:] if last_only else record["checkpoints"])
         if row["scores"][score] is not None
     ]
     if not candidates:
@@ -359,6 +363,7 @@ def summarise(
     }
     if len(records) > 1:
         result["across_runs"] = across_runs(records, score)
+        result["across_last"] = across_runs(records, score, last_only=True)
     if labels:
         rows = [row for record in records for row in record["checkpoints"]]
         targets = [row["target_miou"] for row in rows]
@@ -455,15 +460,21 @@ def _rules_table(record: dict[str, Any], score: str, labels: bool) -> Iterator[s
     return _table(header, cells)
 
 
-def _across_line(result: dict[str, Any]) -> str:
-    """Which checkpoint of all runs the score chooses."""
-    best, score = result["across_runs"], result["score"]
-    if best is None:
-        return f"across the runs, {score} chooses none (no run has it)"
-    return (
-        f"across the runs, {score} chooses {best['run']} iteration {best['iteration']} "
-        f"({score} {_number(best['value'])})"
-    )
+def _across_lines(result: dict[str, Any]) -> str:
+    """Which checkpoint of all runs the score chooses, and which run among their last ones."""
+    score, lines = result["score"], []
+    for key, where in (
+        ("across_runs", "across the runs"),
+        ("across_last", "among the runs' last checkpoints"),
+    ):
+        best = result[key]
+        lines.append(
+            f"{where}, {score} chooses none (no run has it)"
+            if best is None
+            else f"{where}, {score} chooses {best['run']} iteration {best['iteration']} "
+            f"({score} {_number(best['value'])})"
+        )
+    return "\n".join(lines)
 
 
 def format_selection(result: dict[str, Any]) -> str:
@@ -471,7 +482,7 @@ def format_selection(result: dict[str, Any]) -> str:
     score, labels = result["score"], result["labels"]
     parts = [format_run(record, score, labels) for record in result["runs"]]
     if len(result["runs"]) > 1:
-        parts.append(_across_line(result))
+        parts.append(_across_lines(result))
     if labels:
         total = sum(len(r["checkpoints"]) for r in result["runs"])
         spearman_all = result["spearman_all"]
