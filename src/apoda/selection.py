@@ -208,6 +208,11 @@ def summarise_run(record: dict[str, Any], score: str, labels: bool) -> None:
     record["regret"]["random"] = max(targets) - sum(targets) / len(targets) if known else None
 
 
+def _candidates(record: dict[str, Any], last_only: bool) -> list[dict[str, Any]]:
+    """The checkpoints of a run a rule may choose from: all, or with `last_only` the last."""
+    return record["checkpoints"][-1:] if last_only else record["checkpoints"]
+
+
 def across_runs(
     records: Sequence[dict[str, Any]], score: str, last_only: bool = False
 ) -> dict[str, Any] | None:
@@ -217,7 +222,7 @@ def across_runs(
     candidates = [
         (row["scores"][score], record["run"], row)
         for record in records
-        for row in (record["checkpoints"][-1:] if last_only else record["checkpoints"])
+        for row in _candidates(record, last_only)
         if row["scores"][score] is not None
     ]
     if not candidates:
@@ -243,7 +248,7 @@ def _group_regret(
     chooses among them, or with `last_only` among each run's last checkpoint (`random`: minus
     the mean of those); None when a value is missing."""
     rows = [row for record in records for row in record["checkpoints"]]
-    candidates = [record["checkpoints"][-1] for record in records] if last_only else rows
+    candidates = [row for record in records for row in _candidates(record, last_only)]
     targets = [row["target_miou"] for row in rows]
     if not rows or None in targets:
         return None
