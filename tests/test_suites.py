@@ -28,8 +28,10 @@ from apoda.suites import (
     SUITES,
     Row,
     row_config,
+    rows_for_family,
     run_suite,
     shared_runs,
+    suite_rows,
 )
 from conftest import TINY
 
@@ -125,7 +127,7 @@ def test_every_row_of_every_suite_builds_and_its_overrides_reach_the_method(
     }
     target = {"image": torch.randn(2, 3, 32, 64, generator=gen)}
     for name, rows in SUITES.items():
-        for row in rows:
+        for row in rows_for_family(rows, FAMILIES[family], ()):
             config = row_config(row, FAMILIES[family], tmp_path, seed=1)
             where = f"{name}/{row.key} ({family})"
             assert config.train.seed == 1, where
@@ -161,6 +163,32 @@ def test_rows_option_runs_the_rows_asked_for_and_the_rows_they_start_from(
     assert main(["suite", "table1", "--out", str(out), "--rows", "apoda,nope"]) == 2
     err = capsys.readouterr().err
     assert "--rows nope: not rows of this suite" in err and "apoda_none" in err
+
+
+def test_the_feature_distance_row_is_left_out_where_g_trains_from_scratch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DAFormer's feature distance pulls G towards its ImageNet features: only the ImageNet
+    family's self-training table has the row; asked for by name elsewhere, it is an error."""
+    scratch = [r.key for r in suite_rows("selftraining", (), "minicity_128x256")]
+    assert "dacs_rcs" in scratch and "dacs_rcs_fd" not in scratch
+    assert "[dacs_rcs_fd] left out: it needs an ImageNet-pretrained G" in capsys.readouterr().out
+    imagenet = {r.key: r for r in suite_rows("selftraining", (), "minicity_imagenet")}
+    config = row_config(imagenet["dacs_rcs_fd"], "minicity_imagenet", tmp_path, 0)
+    assert config.method.imnet_feature_dist_lambda == 0.005 and config.data.rare_class_sampling
+    things = config.method.imnet_feature_dist_classes
+    assert (
+        things is not None and len(things) == 10 and things[:2] == ["traffic light", "traffic sign"]
+    )
+    assert things[2:4] == ["person", "rider"] and things[-1] == "bicycle" and "road" not in things
+    # the user's own weights make the row fit again
+    with_weights = suite_rows("selftraining", (), "minicity", ["model.pretrained=my.pt"])
+    assert "dacs_rcs_fd" in {r.key for r in with_weights}
+    out = tmp_path / "suite"
+    assert main(["suite", "selftraining", "--out", str(out), "--rows", "dacs_rcs_fd"]) == 2
+    err = capsys.readouterr().err
+    assert "--rows dacs_rcs_fd: it needs an ImageNet-pretrained G (model.pretrained)" in err
+    assert not (out / "seed0").exists()
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

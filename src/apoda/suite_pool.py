@@ -77,7 +77,11 @@ def _runs_to_train(
 ) -> tuple[dict[str, Row], list[_Run]]:
     """Row key -> the row whose run it is (`shared_runs`), and each run once, in the order the
     suites list their rows (init rows first)."""
-    asked = [(name, row) for name in names for row in training_order(suite_rows(name, row_keys))]
+    asked = [
+        (name, row)
+        for name in names
+        for row in training_order(suite_rows(name, row_keys, family, extra))
+    ]
     runs_of = shared_runs([row for _, row in asked], family, extra)
     to_train: dict[str, _Run] = {}  # by run key: a run shared by several rows is launched once
     for name, row in asked:

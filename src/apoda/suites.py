@@ -25,6 +25,7 @@ from typing import Any
 from apoda.config import Config, load_config
 from apoda.configs import SUITE_FAMILIES as FAMILIES
 from apoda.configs import resolve_config
+from apoda.data.classes import THING_CLASS_NAMES
 from apoda.engine.trainer import Trainer
 from apoda.errors import ApodaError
 from apoda.pretrain import resolve_pretrained
@@ -41,6 +42,9 @@ class Row:
     overrides: tuple[str, ...] = ()
     init: str | None = "step1"
     ours: bool = False
+    needs_pretrained: bool = False
+    """A row that only an ImageNet-pretrained G can train (the feature distance): left out of
+    the tables of a family whose G trains from scratch (`rows_for_family`)."""
 
 
 STEP1 = Row("step1", "source only (step 1)", "source_only", init=None)
@@ -137,6 +141,18 @@ SELF_TRAINING: tuple[Row, ...] = (
         "DACS + rare-class sampling",
         "dacs",
         (*SELF_TRAINING_SCHEDULE, "data.rare_class_sampling=true"),
+    ),
+    Row(
+        "dacs_rcs_fd",
+        "DACS + rare-class sampling + ImageNet feature distance",
+        "dacs",
+        (
+            *SELF_TRAINING_SCHEDULE,
+            "data.rare_class_sampling=true",
+            "method.imnet_feature_dist_lambda=0.005",  # DAFormer's weight and classes
+            f"method.imnet_feature_dist_classes=[{', '.join(THING_CLASS_NAMES)}]",
+        ),
+        needs_pretrained=True,
     ),
     Row(
         "dacs_perturb",
@@ -491,14 +507,16 @@ def run_suite(
     their common rows (step 1, the matched control, APODA). `only_seed` trains that seed's rows
     and writes no table (for launching seeds in parallel processes). `row_keys` keeps only
     those rows (and the rows they start from)."""
-    if rows is None:
-        rows = suite_rows(name, row_keys)
-    elif row_keys:
-        rows = select_rows(rows, row_keys)
     family = config_family(data)
+    extra = suite_overrides(fast, overrides)
+    if rows is None:
+        rows = suite_rows(name, row_keys, family, extra)
+    else:
+        rows = rows_for_family(
+            select_rows(rows, row_keys) if row_keys else rows, family, extra, row_keys
+        )
     if seeds < 1:
         raise ApodaError(f"--seeds must be at least 1, got {seeds}")
-    extra = suite_overrides(fast, overrides)
     runs_of = shared_runs(rows, family, extra)
     for row in rows:
         if runs_of[row.key] is not row:
@@ -539,8 +557,33 @@ def config_family(data: str) -> str:
     return FAMILIES[data]
 
 
-def suite_rows(name: str, row_keys: Sequence[str]) -> tuple[Row, ...]:
-    """The rows of suite `name` (only `row_keys` and their starts, if given); unknown: error."""
+def suite_rows(
+    name: str, row_keys: Sequence[str], family: str, extra: Sequence[str] = ()
+) -> tuple[Row, ...]:
+    """The rows of suite `name` that `family` can train (only `row_keys` and their starts, if
+    given); an unknown suite or row: error."""
     if name not in SUITES:
         raise ApodaError(f"unknown suite {name!r}; expected one of {', '.join(SUITES)}")
-    return select_rows(SUITES[name], row_keys) if row_keys else SUITES[name]
+    rows = select_rows(SUITES[name], row_keys) if row_keys else SUITES[name]
+    return rows_for_family(rows, family, extra, row_keys)
+
+
+def rows_for_family(
+    rows: Sequence[Row], family: str, extra: Sequence[str], asked: Sequence[str] = ()
+) -> tuple[Row, ...]:
+    """`rows` less those that need an ImageNet-pretrained G where the family's config (with the
+    suite's overrides) has none, each left out with a line that says so; an error if `asked`
+    (--rows) names one of them."""
+    kept = []
+    for row in rows:
+        if row.needs_pretrained and not row_config(row, family, Path(), 0, extra).model.pretrained:
+            why = (
+                f"it needs an ImageNet-pretrained G (model.pretrained), which the {family} "
+                "configs do not set (minicity_imagenet's do)"
+            )
+            if row.key in asked:
+                raise ApodaError(f"--rows {row.key}: {why}")
+            print(f"[{row.key}] left out: {why}")
+        else:
+            kept.append(row)
+    return tuple(kept)

@@ -43,6 +43,9 @@ SYNTHIA_LABEL_IDS = _id_mask(65536, range(23))
 
 CITYSCAPES_CLASS_NAMES: tuple[str, ...] = tuple(lab.name for lab in _TRAIN_LABELS)
 """The 19 Cityscapes train classes in train-id order, spelled as cityscapesscripts spells them."""
+THING_CLASS_NAMES: tuple[str, ...] = CITYSCAPES_CLASS_NAMES[6:8] + CITYSCAPES_CLASS_NAMES[11:]
+"""The classes whose cells DAFormer's ImageNet feature distance keeps (its configs' train ids 6,
+7 and 11 to 18: traffic light and sign, the people and the vehicles)."""
 
 # Raw SYNTHIA-RAND-CITYSCAPES class ids (red channel of GT/LABELS) of the 16 classes shared with
 # Cityscapes; every other raw id is ignored.
