@@ -58,9 +58,10 @@ from apoda.config import Config, config_to_dict, load_config
 from apoda.configs import resolve_config
 from apoda.demo import TINY_MINICITY
 from apoda.evaluation import ConfusionMatrix, predict_full_res
-from apoda.methods import Batch, Method, build_method
+from apoda.methods import Batch, Method
 from apoda.models.build import architecture_from_config
 from step_time import (  # the sibling script: inputs, sync, machine, JSON and table writers
+    DACS_VARIANTS,
     METHODS,
     NUM_CLASSES,
     RESULTS,
@@ -68,6 +69,7 @@ from step_time import (  # the sibling script: inputs, sync, machine, JSON and t
     batches,
     machine,
     methods_for,
+    prepared_method,
     print_markdown,
     proc_status_mb,
     sync,
@@ -184,7 +186,9 @@ def step_config(setting: Setting, name: str, amp: bool) -> Config:
     ]
     if name == "asn":
         overrides.append("model.multi_level=true")
-    return load_config(resolve_config(f"{family}/{name}"), overrides)
+    overrides += DACS_VARIANTS.get(name, ())
+    config = "dacs" if name in DACS_VARIANTS else name
+    return load_config(resolve_config(f"{family}/{config}"), overrides)
 
 
 def calibrate_batch_norm(segmenter: nn.Module, image: torch.Tensor) -> None:
@@ -218,7 +222,7 @@ def build_step_method(
         warnings.simplefilter("ignore")  # APODA without model.init_from warns: speed is the same
         segmenter = architecture_from_config(config, NUM_CLASSES).to(device)
         calibrate_batch_norm(segmenter, calibrate_on)
-        method = build_method(segmenter, config, device)
+        method = prepared_method(segmenter, config, device)
     method.set_train_mode()
     return method
 

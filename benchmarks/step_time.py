@@ -24,6 +24,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,12 +37,21 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from apoda.config import Config, load_config
 from apoda.configs import resolve_config
+from apoda.data.classes import CITYSCAPES_CLASS_NAMES, THING_CLASS_NAMES
 from apoda.errors import ApodaError
-from apoda.methods import Batch, Method, build_method
-from apoda.models import build_segmenter
+from apoda.methods import Batch, Method, RunContext, build_method
+from apoda.models import Segmenter, build_segmenter
 
-METHODS = ("source_only", "asn", "advent", "apoda", "dacs", "dacs_perturb")
-PIXEL_MIXING = ("dacs", "dacs_perturb")
+METHODS = ("source_only", "asn", "advent", "apoda", "dacs", "dacs_perturb", "dacs_fd")
+PIXEL_MIXING = ("dacs", "dacs_perturb", "dacs_fd")
+DACS_VARIANTS = {
+    "dacs_perturb": ("method.perturbation_lambda=1.0",),  # minicity/dacs_perturb
+    "dacs_fd": (  # the ImageNet-family suite's feature-distance row
+        "method.imnet_feature_dist_lambda=0.005",
+        f"method.imnet_feature_dist_classes=[{', '.join(THING_CLASS_NAMES)}]",
+    ),
+}
+"""DACS with one of its options on: a row of its own, timed against DACS."""
 """Methods that paste source pixels onto target images: they need one size for both domains
 (their configs crop both), so settings with two sizes leave them out."""
 
@@ -104,10 +114,9 @@ def parse_sizes(text: str) -> tuple[Size, Size]:
 def method_config(name: str, amp: bool, arch: str) -> Config:
     """The MiniCity APODA config switched to `name`, with the brief's loss settings; D has the
     MiniCity width (32) on the CPU backbones and the paper's (64) on ResNet-101 and VGG-16."""
-    method = "dacs" if name == "dacs_perturb" else name
+    method = "dacs" if name in DACS_VARIANTS else name
     overrides = [f"method.name={method}", f"train.amp={str(amp).lower()}", "train.nonfinite=skip"]
-    if name == "dacs_perturb":  # minicity/dacs_perturb: DACS + APODA's attack, weight 1
-        overrides.append("method.perturbation_lambda=1.0")
+    overrides += DACS_VARIANTS.get(name, ())
     if arch in ("resnet101", "vgg16") and name != "source_only":  # the paper's D width
         overrides.append("method.discriminator_width=64")
     if name in ("asn", "advent"):
@@ -123,8 +132,20 @@ def build(name: str, setting: Setting, device: torch.device, amp: bool) -> Metho
     """A fresh segmenter (random init, the architecture's default batch norm) and method."""
     config = method_config(name, amp, setting.arch)
     segmenter = build_segmenter(setting.arch, NUM_CLASSES).to(device)  # type: ignore[arg-type]
-    method = build_method(segmenter, config, device)
+    method = prepared_method(segmenter, config, device)
     method.set_train_mode()
+    return method
+
+
+def prepared_method(segmenter: Segmenter, config: Config, device: torch.device) -> Method:
+    """The config's method around `segmenter`, prepared as a run prepares it. The feature
+    distance's frozen "ImageNet" copy of G loads G's own weights: its cost does not depend on
+    their values."""
+    with tempfile.TemporaryDirectory() as folder:
+        weights = Path(folder) / "backbone.pt"
+        torch.save(segmenter.backbone_tensors(), weights)
+        method = build_method(segmenter, config, device, weights)
+        method.prepare(RunContext(CITYSCAPES_CLASS_NAMES, {}))
     return method
 
 
@@ -310,7 +331,7 @@ def ratios(rows: list[dict], key: str) -> dict[str, dict[str, float]]:
     """APODA's and the self-training rows' `key` over each baseline's, per backbone."""
     table = {(r["method"], r["backbone"]): r[key] for r in rows}
     out: dict[str, dict[str, float]] = {}
-    for method in ("apoda", "dacs", "dacs_perturb"):
+    for method in ("apoda", "dacs", *DACS_VARIANTS):
         for base in ("asn", "advent", "source_only"):
             per = {
                 bb: round(table[(method, bb)] / table[(base, bb)], 3)

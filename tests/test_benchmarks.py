@@ -27,7 +27,7 @@ def test_step_time_times_every_method_and_writes_ratios(tmp_path: Path) -> None:
         "--size", "32x64", "--batch", "2", "--no-memory", "--threads", "1", "--out", str(out),
     )  # fmt: skip
     result = json.loads(out.read_text())
-    methods = ["source_only", "asn", "advent", "apoda", "dacs", "dacs_perturb"]
+    methods = ["source_only", "asn", "advent", "apoda", "dacs", "dacs_perturb", "dacs_fd"]
     assert [r["method"] for r in result["rows"]] == methods
     assert all(r["sec_per_iter_median"] > 0 and r["gflop_per_iter"] > 0 for r in result["rows"])
     flops = {r["method"]: r["gflop_per_iter"] for r in result["rows"]}
@@ -41,6 +41,9 @@ def test_step_time_times_every_method_and_writes_ratios(tmp_path: Path) -> None:
         flops["dacs_perturb"] / flops["asn"], 3
     )
     assert flops["dacs_perturb"] > flops["dacs"]  # the attack's F passes come on top
+    # the feature distance adds a forward of the frozen ImageNet G on the source batch: a row
+    # whose distance was silently off would count DACS's FLOPs exactly
+    assert flops["dacs_fd"] > flops["dacs"]
     assert "| apoda | small | 2 x 32x64 |" in printed and "| dacs | small |" in printed
 
 
@@ -71,7 +74,7 @@ def test_gpu_check_runs_every_section_on_the_cpu(tmp_path: Path) -> None:
         (b, m)
         for b in ("r101", "vgg16", "small")
         for m in ("source_only", "asn", "advent", "apoda")
-    } | {("small", "dacs"), ("small", "dacs_perturb")}  # mixing: only where one size
+    } | {("small", m) for m in ("dacs", "dacs_perturb", "dacs_fd")}  # mixing: only at one size
     for r in rows:  # CPU: no invented GPU memory, bf16 rows skipped, float32 rows timed
         assert r["from_cuda"] is False and r["peak_gpu_mb"] is None
         assert ("skipped" in r) == (r["precision"] == "bf16")
