@@ -187,6 +187,7 @@ def test_unknown_method_name_lists_the_valid_ones() -> None:
         ("method.attack.name", "pgd", "none, i_fgspm, i_fgsm, fgspm, mi_fgspm"),
         ("method.attack.eps_mode", "scaled", "absolute, relative"),
         ("method.attack.seg_objective", "wce", "lovasz, ce"),
+        ("optim.segmenter_optimizer", "adam", "sgd, adamw"),
     ],
 )
 def test_every_enumeration_is_checked_and_lists_its_values(
@@ -230,6 +231,8 @@ def test_the_literals_match_the_modules_that_use_them() -> None:
         ("optim.weight_decay=-1", "optim.weight_decay must be >= 0, got -1.0"),
         ("optim.poly_power=-1", "optim.poly_power must be >= 0, got -1.0"),
         ("optim.d_betas=[0.9, .nan]", "optim.d_betas[1]: expected a finite number, got nan"),
+        ("optim.betas=[0.9, 1.0]", "optim.betas must be two numbers in [0, 1), got [0.9, 1.0]"),
+        ("optim.betas=[0.9]", "optim.betas must be two numbers in [0, 1), got [0.9]"),
         ("data.batch_size=0", "data.batch_size must be at least 1, got 0"),
         ("data.batch_size=-3", "data.batch_size must be at least 1, got -3"),
         ("data.eval_batch_size=0", "data.eval_batch_size must be at least 1, got 0"),

@@ -331,3 +331,36 @@ def test_the_feature_distance_needs_imagenet_weights_and_known_classes(tmp_path:
     method = build_method(build_segmenter("small", C), config, torch.device("cpu"))
     with pytest.raises(ApodaError, match="needs an ImageNet-pretrained G"):
         method.prepare(RunContext(tuple(f"c{i}" for i in range(C)), {}))
+
+
+@pytest.mark.parametrize("family", ["gta5_to_cityscapes", "synthia_to_cityscapes"])
+def test_the_daformer_configs_build_adamw_and_a_feature_distance_on_their_own_classes(
+    family: str, tmp_path: Path
+) -> None:
+    """DAFormer's strategies on DACS: AdamW (head at 10x), the distance on thing classes that
+    the family's scheme has (SYNTHIA's 16 lack truck and train: naming them would be an error
+    at the start of the run), rare-class sampling and warmup."""
+    from apoda.data.classes import get_scheme
+
+    weights = tmp_path / "imagenet.pth"
+    config = load_config(
+        resolve_config(f"{family}/daformer"), ["model.arch=small", f"model.pretrained={weights}"]
+    )
+    names = get_scheme(config.data.scheme).class_names
+    torch.manual_seed(0)
+    segmenter = build_segmenter("small", len(names))
+    torch.save(build_segmenter("small", len(names)).backbone.state_dict(), weights)
+    method = build_method(segmenter, config, torch.device("cpu"), weights)
+    method.prepare(RunContext(names, {}))
+    assert method.feature_distance is not None and method.feature_distance.classes is not None
+    things = [names[i] for i in method.feature_distance.classes]
+    assert things[:4] == ["traffic light", "traffic sign", "person", "rider"]
+    assert ("truck" in things) == (family == "gta5_to_cityscapes")
+    optimizer = method.optimizers["segmenter"]
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert [g["lr"] for g in optimizer.param_groups] == [6e-5, pytest.approx(6e-4, rel=1e-15)]
+    assert all(
+        g["betas"] == (0.9, 0.999) and g["weight_decay"] == 0.01 for g in optimizer.param_groups
+    )
+    assert config.data.rare_class_sampling and config.optim.warmup_iterations == 1500
+    assert method.settings.ema_alpha == 0.999 and method.settings.pseudo_ignore_bottom == 120

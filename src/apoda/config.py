@@ -201,11 +201,14 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD for G and F, Adam for D, poly schedule (the paper's and the field's values); an
-    optional linear warmup over `warmup_iterations` from `warmup_ratio` (DAFormer: 1500, 1e-6)."""
+    """SGD for G and F (or AdamW with `betas`, DAFormer's), Adam for D, poly schedule (the
+    paper's and the field's values); an optional linear warmup over `warmup_iterations` from
+    `warmup_ratio` (DAFormer: 1500, 1e-6)."""
 
+    segmenter_optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 2.5e-4
     momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 1e-4
     classifier_lr_mult: float = 1.0
     d_lr: float = 1e-4
@@ -219,6 +222,14 @@ class OptimConfig:
         for key in ("lr", "d_lr"):
             require(getattr(self, key) > 0, f"optim.{key}", getattr(self, key), "> 0")
         require(0 <= self.momentum < 1, "optim.momentum", self.momentum, "in [0, 1)")
+        for key in ("betas", "d_betas"):
+            value = getattr(self, key)
+            require(
+                len(value) == 2 and all(0 <= b < 1 for b in value),
+                f"optim.{key}",
+                value,
+                "two numbers in [0, 1)",
+            )
         non_negative(self, "optim", ["weight_decay", "poly_power", "warmup_iterations"])
         require(0 < self.warmup_ratio <= 1, "optim.warmup_ratio", self.warmup_ratio, "in (0, 1]")
 

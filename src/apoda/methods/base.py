@@ -113,11 +113,17 @@ class Method(ABC):
         return nullcontext()
 
     def segmenter_optimizer(self) -> torch.optim.Optimizer:
-        """SGD over the segmenter's trainable parameters (classifier at `classifier_lr_mult`)."""
+        """SGD (or AdamW) over the segmenter's trainable parameters (classifier at
+        `classifier_lr_mult`)."""
         optim = self.loop.optim
         groups = self.segmenter.parameter_groups(
             optim.lr, classifier_lr_mult=optim.classifier_lr_mult
         )
+        if optim.segmenter_optimizer == "adamw":
+            betas = (optim.betas[0], optim.betas[1])
+            return torch.optim.AdamW(
+                groups, lr=optim.lr, betas=betas, weight_decay=optim.weight_decay
+            )
         return torch.optim.SGD(
             groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
         )
