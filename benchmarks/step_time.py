@@ -44,6 +44,8 @@ from apoda.models import Segmenter, build_segmenter
 
 METHODS = ("source_only", "asn", "advent", "apoda", "dacs", "dacs_perturb", "dacs_fd")
 PIXEL_MIXING = ("dacs", "dacs_perturb", "dacs_fd")
+"""Methods that paste source pixels onto target images: they need one size for both domains
+(their configs crop both), so settings with two sizes leave them out."""
 DACS_VARIANTS = {
     "dacs_perturb": ("method.perturbation_lambda=1.0",),  # minicity/dacs_perturb
     "dacs_fd": (  # the ImageNet-family suite's feature-distance row
@@ -52,8 +54,6 @@ DACS_VARIANTS = {
     ),
 }
 """DACS with one of its options on: a row of its own, timed against DACS."""
-"""Methods that paste source pixels onto target images: they need one size for both domains
-(their configs crop both), so settings with two sizes leave them out."""
 
 NUM_CLASSES = 19
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -139,11 +139,13 @@ def build(name: str, setting: Setting, device: torch.device, amp: bool) -> Metho
 
 def prepared_method(segmenter: Segmenter, config: Config, device: torch.device) -> Method:
     """The config's method around `segmenter`, prepared as a run prepares it. The feature
-    distance's frozen "ImageNet" copy of G loads G's own weights: its cost does not depend on
-    their values."""
+    distance's frozen "ImageNet" copy of G loads G's own weights (written only for a method
+    with the distance on): its cost does not depend on their values."""
     with tempfile.TemporaryDirectory() as folder:
-        weights = Path(folder) / "backbone.pt"
-        torch.save(segmenter.backbone_tensors(), weights)
+        weights = None
+        if getattr(config.method, "imnet_feature_dist_lambda", 0.0) > 0:
+            weights = Path(folder) / "backbone.pt"
+            torch.save(segmenter.backbone_tensors(), weights)
         method = build_method(segmenter, config, device, weights)
         method.prepare(RunContext(CITYSCAPES_CLASS_NAMES, {}))
     return method

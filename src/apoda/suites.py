@@ -373,7 +373,9 @@ def _train_row(
 
 def select_rows(rows: Sequence[Row], keys: Sequence[str]) -> tuple[Row, ...]:
     """The rows named by `keys` and the rows they start from (in the suite's order): a part of
-    a table, run with the same matched start as the whole."""
+    a table, run with the same matched start as the whole. No keys: every row."""
+    if not keys:
+        return tuple(rows)
     by_key = {r.key: r for r in rows}
     unknown = [k for k in keys if k not in by_key]
     if unknown:
@@ -512,9 +514,7 @@ def run_suite(
     if rows is None:
         rows = suite_rows(name, row_keys, family, extra)
     else:
-        rows = rows_for_family(
-            select_rows(rows, row_keys) if row_keys else rows, family, extra, row_keys
-        )
+        rows = rows_for_family(select_rows(rows, row_keys), family, extra, row_keys)
     if seeds < 1:
         raise ApodaError(f"--seeds must be at least 1, got {seeds}")
     runs_of = shared_runs(rows, family, extra)
@@ -564,8 +564,7 @@ def suite_rows(
     given); an unknown suite or row: error."""
     if name not in SUITES:
         raise ApodaError(f"unknown suite {name!r}; expected one of {', '.join(SUITES)}")
-    rows = select_rows(SUITES[name], row_keys) if row_keys else SUITES[name]
-    return rows_for_family(rows, family, extra, row_keys)
+    return rows_for_family(select_rows(SUITES[name], row_keys), family, extra, row_keys)
 
 
 def rows_for_family(
