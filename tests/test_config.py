@@ -239,6 +239,16 @@ def test_the_literals_match_the_modules_that_use_them() -> None:
         ("data.num_workers=-1", "data.num_workers must be >= 0, got -1"),
         ("data.max_val=0", "data.max_val must be at least 1 (or null), got 0"),
         ("data.max_source=-2", "data.max_source must be at least 1 (or null), got -2"),
+        ("data.crop_cat_max_ratio=0", "data.crop_cat_max_ratio must be in (0, 1] (1: off), got 0"),
+        (
+            "data.crop_cat_max_ratio=0.75",
+            "data.crop_cat_max_ratio must be 1 without a data.crop, got 0.75",
+        ),
+        (
+            "data.rcs_min_crop_ratio=0.5",
+            "data.rcs_min_crop_ratio must be 0, or > 0 with data.rare_class_sampling and a "
+            "data.crop, got 0.5",
+        ),
         ("train.log_every=0", "train.log_every must be at least 1, got 0"),
         ("train.checkpoint_every=0", "train.checkpoint_every must be at least 1, got 0"),
         ("train.samples=-1", "train.samples must be 0 (off) or more, got -1"),

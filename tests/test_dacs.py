@@ -363,4 +363,5 @@ def test_the_daformer_configs_build_adamw_and_a_feature_distance_on_their_own_cl
         g["betas"] == (0.9, 0.999) and g["weight_decay"] == 0.01 for g in optimizer.param_groups
     )
     assert config.data.rare_class_sampling and config.optim.warmup_iterations == 1500
+    assert (config.data.rcs_min_crop_ratio, config.data.crop_cat_max_ratio) == (0.5, 0.75)
     assert method.settings.ema_alpha == 0.999 and method.settings.pseudo_ignore_bottom == 120

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -207,6 +209,53 @@ def test_augmentation_is_reproducible_from_the_generator_and_pads_with_ignore() 
     )
     with pytest.raises(ApodaError, match="crop must be"):
         AugmentConfig(crop=(0, 4))
+
+
+def _close_to(labels: list[np.ndarray], ok: Callable[[np.ndarray], bool], p: float) -> bool:
+    """Whether the share of `labels` that are `ok` lies within 4 standard deviations of `p`."""
+    share = sum(ok(lab) for lab in labels) / len(labels)
+    return abs(share - p) < 4 * math.sqrt(p * (1 - p) / len(labels))
+
+
+def test_crops_are_redrawn_while_one_class_dominates_them() -> None:
+    """mmseg's `cat_max_ratio`: an 8x8 crop of an 8x32 label (class 0 in columns 0-5, 2 in
+    26-31, 1 between) is accepted when no class covers 75 % of it: 6 of the 25 corners (1-3 and
+    21-23), p = 0.24 for one draw and 1 - 0.76^11 for up to 11."""
+    image = _rgb(0, 32, 8)
+    label = np.ones((8, 32), dtype=np.uint8)
+    label[:, :6], label[:, 26:] = 0, 2
+    balanced = lambda lab: np.bincount(lab.ravel()).max() / lab.size < 0.75  # noqa: E731
+    plain = AugmentConfig(crop=(8, 8))
+    redrawn = AugmentConfig(crop=(8, 8), cat_max_ratio=0.75)
+    off = [augment_pair(image, label, plain, np.random.default_rng([7, s]))[1] for s in range(400)]
+    on = [augment_pair(image, label, redrawn, np.random.default_rng([7, s]))[1] for s in range(400)]
+    assert _close_to(off, balanced, 6 / 25) and _close_to(on, balanced, 1 - (19 / 25) ** 11)
+    # the first draw is the plain crop's: where that one is accepted both agree
+    assert all(np.array_equal(a, b) for a, b in zip(off, on, strict=True) if balanced(a))
+    unlabelled = np.full_like(label, 255)  # a target's: never re-drawn
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
+    np.testing.assert_array_equal(
+        augment_pair(image, unlabelled, plain, rng_a)[0],
+        augment_pair(image, unlabelled, redrawn, rng_b)[0],
+    )
+    with pytest.raises(ApodaError, match="cat_max_ratio must be in"):
+        AugmentConfig(cat_max_ratio=0.0)
+
+
+def test_a_crop_drawn_for_a_class_is_redrawn_until_it_holds_it() -> None:
+    """DAFormer's `min_crop_ratio`: class 3 fills columns 29-31 of an 8x32 label; an 8x8 crop
+    holds more than 8 of its pixels at 2 of the 25 corners (23, 24): p = 2/25 for one draw and
+    1 - (23/25)^11 for up to 11. Items drawn without a class are cropped once."""
+    image = _rgb(0, 32, 8)
+    label = np.zeros((8, 32), dtype=np.uint8)
+    label[:, 29:] = 3
+    config = AugmentConfig(crop=(8, 8), min_class_pixels=8)
+    holds = lambda lab: np.count_nonzero(lab == 3) > 8  # noqa: E731
+    rngs = [np.random.default_rng([9, s]) for s in range(400)]
+    wanted = [augment_pair(image, label, config, rng, wanted=3)[1] for rng in rngs]
+    rngs = [np.random.default_rng([9, s]) for s in range(400)]
+    plain = [augment_pair(image, label, config, rng)[1] for rng in rngs]
+    assert _close_to(plain, holds, 2 / 25) and _close_to(wanted, holds, 1 - (23 / 25) ** 11)
 
 
 # --- GTA5 ----------------------------------------------------------------------------------

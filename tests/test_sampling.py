@@ -1,6 +1,7 @@
 """Rare-class sampling: the class probabilities follow p(c) ~ exp((1 - f_c) / T), images are drawn
 for their class with the minimum pixel count scaled to the label size, draws follow the
-probabilities (a seeded frequency test), and a run with it trains and resumes its batches."""
+probabilities (a seeded frequency test), a drawn image's crop is re-drawn to hold its class, and
+a run with it trains and resumes its batches."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import numpy as np
 import torch
 
 from apoda.cli import main
+from apoda.config import load_config
+from apoda.configs import resolve_config
 from apoda.data.sampling import GTA5_LABEL_PIXELS, RareClassSampling, class_probabilities
-from apoda.engine.data import CyclingLoader
+from apoda.engine.data import CyclingLoader, build_run_data, source_draw
 from conftest import TINY
 
 
@@ -72,6 +75,33 @@ def test_a_loader_with_draws_resumes_the_same_batches() -> None:
     again = CyclingLoader(dataset, 4, seed=3, draw=sampling.draw)  # type: ignore[arg-type]
     again.load_state_dict({"epoch": 0, "position": 2})
     assert [next(again)["i"].tolist() for _ in range(3)] == batches[2:]
+
+
+def test_a_rare_class_draw_brings_its_class_into_the_crop() -> None:
+    """With `data.rcs_min_crop_ratio` the source loader's draw carries the class it drew, and the
+    dataset re-draws that item's crop until the class holds more than 3000 x ratio pixels
+    (counted in a 512x512 crop, here 16x16: 2.9 x ratio); the first crop is the plain one."""
+    overrides = [*TINY, "data.rare_class_sampling=true", "data.crop=[16,16]"]
+    config = load_config(resolve_config("minicity/source_only"), overrides)
+    assert source_draw(config, build_run_data(config).source) is not None
+    config = load_config(
+        resolve_config("minicity/source_only"), [*overrides, "data.rcs_min_crop_ratio=3"]
+    )
+    source = build_run_data(config).source
+    draw = source_draw(config, source)
+    assert draw is not None
+    keys = draw(torch.Generator().manual_seed(0), 48)
+    assert all(isinstance(k, tuple) and len(k) == 2 for k in keys)
+    threshold = 3000 * 3 * 16 * 16 / (512 * 512)
+    held = {"plain": 0, "wanted": 0}
+    for i, c in keys:
+        plain, wanted = source[i]["label"], source[(i, c)]["label"]
+        plain_holds = int((plain == c).sum()) > threshold
+        held["plain"] += plain_holds
+        held["wanted"] += int((wanted == c).sum()) > threshold
+        if plain_holds:
+            assert torch.equal(plain, wanted)
+    assert held["wanted"] > held["plain"], held
 
 
 def test_a_run_with_rare_class_sampling_trains(tmp_path: Path) -> None:

@@ -141,7 +141,11 @@ class MiniCityConfig:
 class DataConfig:
     """Which datasets, where, at which size (width, height), and how images are normalised.
     `rare_class_sampling` draws source images by class (apoda.data.sampling; T =
-    `rcs_temperature`, `rcs_min_pixels` counted at GTA5's label size).
+    `rcs_temperature`, `rcs_min_pixels` counted at GTA5's label size); with `rcs_min_crop_ratio`
+    > 0 the crop of an image drawn for a class is re-drawn (up to 10 times) until it holds more
+    than `rcs_min_pixels` x that ratio of its pixels, counted in a 512x512 crop as DAFormer does
+    and scaled to `crop`'s size. `crop_cat_max_ratio` < 1 re-draws a source crop while one class
+    covers that share of its labelled pixels (mmseg's RandomCrop `cat_max_ratio`).
 
     `scheme` names the classes of the built-in datasets; a `folder` source takes its classes
     from its own `classes.yaml` instead (and a `folder` target's must agree with them)."""
@@ -168,6 +172,8 @@ class DataConfig:
     rare_class_sampling: bool = False
     rcs_temperature: float = 0.01
     rcs_min_pixels: int = 3000
+    rcs_min_crop_ratio: float = 0.0
+    crop_cat_max_ratio: float = 1.0
     minicity: MiniCityConfig = field(default_factory=MiniCityConfig)
 
     def __post_init__(self) -> None:
@@ -177,6 +183,25 @@ class DataConfig:
         at_least_one(self, "data", ["batch_size", "eval_batch_size"])
         non_negative(self, "data", ["num_workers", "rcs_min_pixels"])
         require(self.rcs_temperature > 0, "data.rcs_temperature", self.rcs_temperature, "> 0")
+        require(
+            0 < self.crop_cat_max_ratio <= 1,
+            "data.crop_cat_max_ratio",
+            self.crop_cat_max_ratio,
+            "in (0, 1] (1: off)",
+        )
+        require(
+            self.rcs_min_crop_ratio == 0
+            or (self.rcs_min_crop_ratio > 0 and self.rare_class_sampling and self.crop),
+            "data.rcs_min_crop_ratio",
+            self.rcs_min_crop_ratio,
+            "0, or > 0 with data.rare_class_sampling and a data.crop",
+        )
+        require(
+            self.crop_cat_max_ratio == 1 or bool(self.crop),
+            "data.crop_cat_max_ratio",
+            self.crop_cat_max_ratio,
+            "1 without a data.crop",
+        )
         for key in ("max_source", "max_target", "max_val"):
             value = getattr(self, key)
             require(value is None or value >= 1, f"data.{key}", value, "at least 1 (or null)")

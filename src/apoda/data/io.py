@@ -210,7 +210,10 @@ class SegmentationDataset(Dataset[dict[str, Any]], abc.ABC):
             raise ApodaError(f"missing label {path} for image {self.image_path(i)}")
         return self._read_raw_label(path)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """Item `key`: an index, or (index, class) for an item drawn for that class (rare-class
+        sampling re-draws its crop until the class is in it, `AugmentConfig.min_class_pixels`)."""
+        i, wanted = key if isinstance(key, tuple) else (key, None)
         if not -len(self) <= i < len(self):
             raise IndexError(f"item {i} out of range for a dataset of {len(self)}")
         i %= len(self)
@@ -230,6 +233,7 @@ class SegmentationDataset(Dataset[dict[str, Any]], abc.ABC):
             augment=self.augment,
             rng=rng,
             label_full_res=self.label_full_res,
+            wanted=wanted,
         )
         return {"image": image_t, "label": label_t, "name": self._item_name(self.image_path(i))}
 

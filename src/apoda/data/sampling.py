@@ -68,15 +68,20 @@ class RareClassSampling:
         images = tuple(tuple(np.flatnonzero(column).tolist()) for column in holding.T)
         return cls(probabilities, images)
 
-    def draw(self, generator: torch.Generator, n: int) -> list[int]:
-        """`n` image indices: a class by its probability, then one of its images uniformly."""
+    def draw_with_classes(self, generator: torch.Generator, n: int) -> list[tuple[int, int]]:
+        """`n` (image index, class) pairs: a class by its probability, then one of its images
+        uniformly."""
         p = torch.as_tensor(self.probabilities, dtype=torch.float64)
         classes = torch.multinomial(p, n, replacement=True, generator=generator).tolist()
         picks = torch.rand(n, generator=generator, dtype=torch.float64).tolist()
         return [
-            self.images_with_class[c][int(u * len(self.images_with_class[c]))]
+            (self.images_with_class[c][int(u * len(self.images_with_class[c]))], c)
             for c, u in zip(classes, picks, strict=True)
         ]
+
+    def draw(self, generator: torch.Generator, n: int) -> list[int]:
+        """`draw_with_classes`'s image indices alone."""
+        return [i for i, _ in self.draw_with_classes(generator, n)]
 
 
 def cached_class_counts(dataset: SegmentationDataset, cache: os.PathLike[str]) -> np.ndarray:

@@ -80,12 +80,20 @@ class AugmentConfig:
     """Training augmentation. ``random_scale`` (lo, hi) rescales image and label by a factor drawn
     uniformly; ``crop`` (width, height) takes a random crop, padding with ignore if too small;
     ``flip`` mirrors half the items; ``photometric`` applies colour jitter, gaussian blur and
-    gaussian noise to the image only."""
+    gaussian noise to the image only.
+
+    Two re-draws of the crop, each of at most `CROP_TRIES`: ``cat_max_ratio`` < 1 re-draws it
+    while one class covers that share or more of its labelled pixels (mmseg's RandomCrop, which
+    DAFormer's source pipeline uses with 0.75); ``min_class_pixels`` > 0 re-draws a crop made
+    for a class (rare-class sampling's draw) until it holds more pixels of it (DAFormer's
+    `min_crop_ratio`)."""
 
     random_scale: tuple[float, float] | None = None
     crop: tuple[int, int] | None = None
     flip: bool = False
     photometric: bool = False
+    cat_max_ratio: float = 1.0
+    min_class_pixels: float = 0.0
 
     def __post_init__(self) -> None:
         if self.random_scale is not None:
@@ -94,6 +102,10 @@ class AugmentConfig:
                 raise ApodaError(f"random_scale must be (lo, hi) with 0 < lo <= hi, got {lo, hi}")
         if self.crop is not None:
             check_size(self.crop, "crop")
+        if not 0 < self.cat_max_ratio <= 1:
+            raise ApodaError(f"cat_max_ratio must be in (0, 1], got {self.cat_max_ratio}")
+        if self.min_class_pixels < 0:
+            raise ApodaError(f"min_class_pixels must be >= 0, got {self.min_class_pixels}")
 
 
 def check_size(size: tuple[int, int], what: str) -> tuple[int, int]:
@@ -132,25 +144,79 @@ def _photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-def augment_pair(
-    image: np.ndarray, label: np.ndarray, config: AugmentConfig, rng: np.random.Generator
+CROP_TRIES = 10
+"""Re-draws of a crop that fails its test (mmseg's RandomCrop and DAFormer's rare-class crop
+both stop after 10 and keep the last)."""
+
+
+def _crop_corner(
+    label: np.ndarray, config: AugmentConfig, rng: np.random.Generator
+) -> tuple[int, int]:
+    """A random crop's top-left (y0, x0), re-drawn while one class covers `cat_max_ratio` or
+    more of the crop's labelled pixels or the crop holds fewer than two classes (an unlabelled
+    label is never re-drawn for it)."""
+    assert config.crop is not None
+    cw, ch = config.crop
+    h, w = label.shape
+
+    def draw() -> tuple[int, int]:
+        return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+
+    y0, x0 = draw()
+    if config.cat_max_ratio >= 1 or not (label != IGNORE_INDEX).any():
+        return y0, x0
+    for _ in range(CROP_TRIES):
+        window = label[y0 : y0 + ch, x0 : x0 + cw]
+        counts = np.bincount(window[window != IGNORE_INDEX].ravel())
+        counts = counts[counts > 0]
+        if len(counts) > 1 and counts.max() / counts.sum() < config.cat_max_ratio:
+            break
+        y0, x0 = draw()
+    return y0, x0
+
+
+def _crop(
+    image: np.ndarray,
+    label: np.ndarray,
+    config: AugmentConfig,
+    rng: np.random.Generator,
+    wanted: int | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Apply ``config`` to an aligned uint8 image [H, W, 3] and label [H, W]."""
+    """A random `config.crop` of the pair (padded with ignore where it is too small); with a
+    `wanted` class and `min_class_pixels`, re-drawn until it holds more than that many pixels
+    of the class."""
+    assert config.crop is not None
+    cw, ch = config.crop
+    h, w = label.shape
+    if h < ch or w < cw:
+        pad_h, pad_w = max(0, ch - h), max(0, cw - w)
+        image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)))
+        label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_INDEX)
+    y0, x0 = _crop_corner(label, config, rng)
+    if wanted is not None and config.min_class_pixels > 0:
+        for _ in range(CROP_TRIES):
+            held = np.count_nonzero(label[y0 : y0 + ch, x0 : x0 + cw] == wanted)
+            if held > config.min_class_pixels:
+                break
+            y0, x0 = _crop_corner(label, config, rng)
+    return image[y0 : y0 + ch, x0 : x0 + cw], label[y0 : y0 + ch, x0 : x0 + cw]
+
+
+def augment_pair(
+    image: np.ndarray,
+    label: np.ndarray,
+    config: AugmentConfig,
+    rng: np.random.Generator,
+    wanted: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply ``config`` to an aligned uint8 image [H, W, 3] and label [H, W]; `wanted` is the
+    class the item was drawn for (rare-class sampling), None otherwise."""
     if config.random_scale is not None:
         s = rng.uniform(*config.random_scale)
         size = (max(1, round(image.shape[1] * s)), max(1, round(image.shape[0] * s)))
         image, label = resize_image(image, size), resize_label(label, size)
     if config.crop is not None:
-        cw, ch = config.crop
-        h, w = label.shape
-        if h < ch or w < cw:
-            pad_h, pad_w = max(0, ch - h), max(0, cw - w)
-            image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)))
-            label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=IGNORE_INDEX)
-            h, w = label.shape
-        y0 = int(rng.integers(0, h - ch + 1))
-        x0 = int(rng.integers(0, w - cw + 1))
-        image, label = image[y0 : y0 + ch, x0 : x0 + cw], label[y0 : y0 + ch, x0 : x0 + cw]
+        image, label = _crop(image, label, config, rng, wanted)
     if config.flip and rng.random() < 0.5:
         image, label = image[:, ::-1], label[:, ::-1]
     if config.photometric:
@@ -167,11 +233,13 @@ def prepare_sample(
     augment: AugmentConfig | None,
     rng: np.random.Generator,
     label_full_res: bool = False,
+    wanted: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Resize (and augment) an image/label pair, then normalise: float32 [3,H,W], int64 [H,W].
 
     With ``label_full_res`` only the image is resized and the label keeps its file resolution
-    (the evaluation protocol); augmentation cannot be combined with it.
+    (the evaluation protocol); augmentation cannot be combined with it. `wanted`: see
+    `augment_pair`.
     """
     if label_full_res and augment is not None:
         raise ApodaError("label_full_res (evaluation) cannot be combined with augmentation")
@@ -180,5 +248,5 @@ def prepare_sample(
         if not label_full_res:
             label = resize_label(label, size)
     if augment is not None:
-        image, label = augment_pair(image, label, augment, rng)
+        image, label = augment_pair(image, label, augment, rng, wanted)
     return normalisation.normalise(image), torch.from_numpy(label.astype(np.int64))

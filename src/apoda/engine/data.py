@@ -22,6 +22,9 @@ from apoda.data.transforms import AugmentConfig
 from apoda.errors import ApodaError
 from apoda.registry import DatasetEntry, get_dataset
 
+DAFORMER_CROP_PIXELS = 512 * 512
+"""The crop DAFormer counts `rcs_min_pixels x min_crop_ratio` in; apoda scales it to its crop."""
+
 
 def _size(value: list[int] | None) -> tuple[int, int] | None:
     return None if value is None else (int(value[0]), int(value[1]))
@@ -130,17 +133,25 @@ def _augment(data: DataConfig) -> AugmentConfig | None:
     """The training augmentation the config asks for; None without any."""
     if not (data.flip or data.random_scale or data.crop or data.photometric):
         return None
+    crop = _size(data.crop)
+    min_class_pixels = 0.0
+    if crop is not None and data.rare_class_sampling:
+        min_class_pixels = data.rcs_min_pixels * data.rcs_min_crop_ratio * crop[0] * crop[1]
+        min_class_pixels /= DAFORMER_CROP_PIXELS
     return AugmentConfig(
         random_scale=tuple(data.random_scale) if data.random_scale else None,
-        crop=_size(data.crop),
+        crop=crop,
         flip=data.flip,
         photometric=data.photometric,
+        cat_max_ratio=data.crop_cat_max_ratio,
+        min_class_pixels=min_class_pixels,
     )
 
 
-def source_draw(config: Config, source: SegmentationDataset) -> Callable[..., list[int]] | None:
+def source_draw(config: Config, source: SegmentationDataset) -> Callable[..., list[Any]] | None:
     """The source loader's draw: rare-class sampling when the config asks for it, else None
-    (a permutation per epoch)."""
+    (a permutation per epoch). Its items are (index, class) where the crop must hold the
+    drawn class (`data.rcs_min_crop_ratio`), indices otherwise."""
     data = config.data
     if not data.rare_class_sampling:
         return None
@@ -148,7 +159,8 @@ def source_draw(config: Config, source: SegmentationDataset) -> Callable[..., li
     from apoda.data.sampling import RareClassSampling, cached_class_counts
 
     counts = cached_class_counts(source, cache_dir())
-    return RareClassSampling.from_counts(counts, data.rcs_temperature, data.rcs_min_pixels).draw
+    sampling = RareClassSampling.from_counts(counts, data.rcs_temperature, data.rcs_min_pixels)
+    return sampling.draw_with_classes if data.rcs_min_crop_ratio > 0 else sampling.draw
 
 
 def target_val_stats(
@@ -196,7 +208,7 @@ class CyclingLoader:
         rank: int = 0,
         world: int = 1,
         num_workers: int = 0,
-        draw: Callable[[torch.Generator, int], list[int]] | None = None,
+        draw: Callable[[torch.Generator, int], list[Any]] | None = None,
     ) -> None:
         if batch_size % world:
             raise ApodaError(f"data.batch_size {batch_size} is not divisible by {world} ranks")
@@ -213,7 +225,7 @@ class CyclingLoader:
         self.epoch, self.position = 0, 0
         self._iter: Iterator[Any] | None = None
 
-    def _epoch_indices(self) -> list[int]:
+    def _epoch_indices(self) -> list[Any]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         size = len(self.dataset)  # type: ignore[arg-type]
         perm = self.draw(gen, size) if self.draw else torch.randperm(size, generator=gen).tolist()
