@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -27,11 +28,13 @@ from apoda.suites import (
     STEP1,
     SUITES,
     Row,
+    SuiteResult,
     row_config,
     rows_for_family,
     run_suite,
     shared_runs,
     suite_rows,
+    write_tables,
 )
 from conftest import TINY
 
@@ -87,6 +90,75 @@ def test_suite_definitions_carry_matched_controls() -> None:
         assert set(off.overrides) - set(row.overrides) == {"method.attack.name=none"}, key
         assert set(row.overrides) <= set(off.overrides) and off.config == row.config, key
         assert off.ours == (key in twins) and not row.ours, key
+
+
+def test_every_control_is_a_row_of_its_suite() -> None:
+    for name, rows in SUITES.items():
+        keys = {r.key for r in rows}
+        for row in rows:
+            assert row.control is None or (row.control in keys and row.control != row.key), (
+                name,
+                row.key,
+            )
+    controls = {r.key: r.control for r in SUITES["selftraining"]}
+    assert controls["dacs"] == "source_only_long" and controls["dacs_perturb"] == "dacs"
+    assert controls["dacs_rcs_fd"] == "dacs_rcs" and controls["apoda"] == "apoda_none"
+    assert controls["step1"] is None and controls["oracle"] is None
+
+
+def _metrics(miou: float, tail: float | None) -> dict[str, Any]:
+    """A run's metrics.json with two classes, the second the tail."""
+    return {
+        "class_names": ["road", "bike"],
+        "tail_classes": ["bike"],
+        "miou": miou,
+        "head_miou": miou + 1,
+        "tail_miou": tail,
+        "per_class": {"road": miou + 1, "bike": tail},
+    }
+
+
+def test_tables_pair_each_row_with_its_control_and_report_the_gap_it_closes(
+    tmp_path: Path,
+) -> None:
+    """Two seeds: step 1 at 20 and 22, the oracle at 60 and 62 (the gap: 21 to 61), DACS at 30
+    and 35 against its control at 24 and 23: +6 and +12, 9 on average; DACS closes
+    (32.5 - 21) / 40 = 28.75 % of the gap."""
+    rows = (
+        STEP1,
+        Row("source_only_long", "control", "source_only_continue", control="step1"),
+        Row("dacs", "DACS", "dacs", control="source_only_long"),
+        Row("oracle", "oracle", "source_only", init=None),
+    )
+    result = SuiteResult("selftraining", rows)
+    result.metrics = {
+        "step1": [_metrics(20, 2), _metrics(22, 3)],
+        "source_only_long": [_metrics(24, 4), _metrics(23, None)],
+        "dacs": [_metrics(30, 9), _metrics(35, 8)],
+        "oracle": [_metrics(60, 50), _metrics(62, 52)],
+    }
+    write_tables(result, tmp_path, ["apoda", "suite", "selftraining"])
+    summary = json.loads((tmp_path / "suite.json").read_text())["summary"]
+    dacs = summary["rows"]["dacs"]
+    assert dacs["paired"] == {
+        "control": "source_only_long",
+        "miou": [6, 12],
+        "miou_mean": 9,
+        "tail_miou": [5, None],  # a seed without a tail mean pairs to none
+        "tail_miou_mean": 5,
+    }
+    assert dacs["gap_closed"] == (32.5 - 21) / 40
+    assert (
+        summary["rows"]["oracle"]["gap_closed"] == 1 and "paired" not in summary["rows"]["oracle"]
+    )
+    assert summary["gap"] == {"from": "step1", "to": "oracle", "from_miou": 21, "to_miou": 61}
+    table = (tmp_path / "table.md").read_text()
+    assert "| DACS | " in table and "| 29 % |" in table and "| 100 % |" in table
+    assert "| DACS | control | +6.00, +12.00 | +9.00 | +5.0, - | +5.00 |" in table
+    # without an oracle: no gap column
+    result.rows, _ = rows[:3], result.metrics.pop("oracle")
+    write_tables(result, tmp_path, ["apoda", "suite", "selftraining"])
+    assert "gap closed" not in (tmp_path / "table.md").read_text()
 
 
 def test_bad_suite_arguments(tmp_path: Path) -> None:

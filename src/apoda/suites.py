@@ -45,12 +45,24 @@ class Row:
     needs_pretrained: bool = False
     """A row that only an ImageNet-pretrained G can train (the feature distance): left out of
     the tables of a family whose G trains from scratch (`rows_for_family`)."""
+    control: str | None = None
+    """The row it is compared with seed by seed in the table of paired differences: the same
+    start and schedule with this row's one ingredient off."""
+
+
+GAP_ROWS = ("step1", "oracle")
+"""A suite with both rows reports each row's share of the gap between them (source only to
+the same network trained on target labels)."""
 
 
 STEP1 = Row("step1", "source only (step 1)", "source_only", init=None)
-MATCHED = Row("source_only", "source only (matched)", "source_only_continue")
-APODA = Row("apoda", "APODA", "apoda")
-APODA_OFF = Row("apoda_none", "APODA, attack off", "apoda", ("method.attack.name=none",))
+MATCHED = Row("source_only", "source only (matched)", "source_only_continue", control="step1")
+APODA = Row("apoda", "APODA", "apoda", control="apoda_none")
+APODA_OFF = Row(
+    "apoda_none", "APODA, attack off", "apoda", ("method.attack.name=none",), control="source_only"
+)
+ASN = Row("asn", "ASN", "asn", control="source_only")
+ADVENT = Row("advent", "AdvEnt", "advent", control="source_only")
 
 BN_CONTROLS = (
     Row(
@@ -59,14 +71,16 @@ BN_CONTROLS = (
         "asn",
         ("model.bn_mode=train",),
         ours=True,
+        control="asn",
     ),
     Row(
         "adabn",
         "source only + BN statistics re-estimated on target (AdaBN)",
         "adabn",
         ours=True,
+        control="source_only",
     ),
-    Row("apoda_adabn", "APODA from AdaBN", "apoda", init="adabn", ours=True),
+    Row("apoda_adabn", "APODA from AdaBN", "apoda", init="adabn", ours=True, control="adabn"),
 )
 """Controls for batch norm on a backbone that trains it: how much of a gain is only G's BN
 statistics moving to the target domain (docs/results.md, 'batch norm')."""
@@ -81,13 +95,14 @@ def _cut_rows(cut: str) -> tuple[Row, Row]:
     on target (AdaBN)."""
     overrides = (f"model.cut={cut}", "model.bn_mode=frozen")
     return (
-        Row(f"cut_{cut}", f"perturb at {cut}", "apoda", overrides),
+        Row(f"cut_{cut}", f"perturb at {cut}", "apoda", overrides, control=f"cut_{cut}_none"),
         Row(
             f"cut_{cut}_none",
             f"perturb at {cut}, attack off",
             "apoda",
             (*overrides, "method.attack.name=none"),
             ours=True,
+            control="source_only",
         ),
     )
 
@@ -106,6 +121,7 @@ SELF_TRAINING_CONTROL = Row(
     f"source only (matched to DACS: {SELF_TRAINING_ITERATIONS:,} iterations)",
     "source_only_continue",
     SELF_TRAINING_SCHEDULE,
+    control="step1",
 )
 """The matched control of the self-training rows: step 1 continued for DACS's budget."""
 STEP1_PHOTOMETRIC = Row(
@@ -115,6 +131,7 @@ STEP1_PHOTOMETRIC = Row(
     ("data.photometric=true",),
     init=None,
     ours=True,
+    control="step1",
 )
 ORACLE = Row(
     "oracle",
@@ -135,12 +152,13 @@ as step 1 and a self-training row together."""
 SELF_TRAINING: tuple[Row, ...] = (
     STEP1,
     SELF_TRAINING_CONTROL,
-    Row("dacs", "DACS", "dacs", SELF_TRAINING_SCHEDULE),
+    Row("dacs", "DACS", "dacs", SELF_TRAINING_SCHEDULE, control="source_only_long"),
     Row(
         "dacs_rcs",
         "DACS + rare-class sampling",
         "dacs",
         (*SELF_TRAINING_SCHEDULE, "data.rare_class_sampling=true"),
+        control="dacs",
     ),
     Row(
         "dacs_rcs_fd",
@@ -153,6 +171,7 @@ SELF_TRAINING: tuple[Row, ...] = (
             f"method.imnet_feature_dist_classes=[{', '.join(THING_CLASS_NAMES)}]",
         ),
         needs_pretrained=True,
+        control="dacs_rcs",
     ),
     Row(
         "dacs_perturb",
@@ -160,12 +179,13 @@ SELF_TRAINING: tuple[Row, ...] = (
         "dacs",  # = minicity/dacs_perturb: method.attack's defaults are APODA's attack
         (*SELF_TRAINING_SCHEDULE, "method.perturbation_lambda=1.0"),
         ours=True,
+        control="dacs",
     ),
     MATCHED,
     APODA_OFF,
     APODA,
-    Row("asn", "ASN", "asn"),
-    Row("advent", "AdvEnt", "advent"),
+    ASN,
+    ADVENT,
     BN_CONTROLS[1],
     Row(
         "step1_rcs",
@@ -173,8 +193,15 @@ SELF_TRAINING: tuple[Row, ...] = (
         "source_only",
         ("data.rare_class_sampling=true",),
         init=None,
+        control="step1",
     ),
-    Row("apoda_rcs", "APODA from the rare-class-sampling step 1", "apoda", init="step1_rcs"),
+    Row(
+        "apoda_rcs",
+        "APODA from the rare-class-sampling step 1",
+        "apoda",
+        init="step1_rcs",
+        control="apoda",
+    ),
     STEP1_PHOTOMETRIC,
     Row(
         "photometric_long",
@@ -183,6 +210,7 @@ SELF_TRAINING: tuple[Row, ...] = (
         SELF_TRAINING_SCHEDULE,
         init="step1_photometric",
         ours=True,
+        control="source_only_long",
     ),
     Row(
         "dacs_photometric",
@@ -191,6 +219,7 @@ SELF_TRAINING: tuple[Row, ...] = (
         SELF_TRAINING_SCHEDULE,
         init="step1_photometric",
         ours=True,
+        control="photometric_long",
     ),
     ORACLE,
 )
@@ -200,10 +229,10 @@ SUITES: dict[str, tuple[Row, ...]] = {
     "table1": (
         STEP1,
         MATCHED,
-        Row("asn", "ASN", "asn"),
-        Row("advent", "AdvEnt", "advent"),
-        Row("asn_wce", "ASN + weighted CE", "asn", ("method.seg_loss=wce",)),
-        Row("asn_lovasz", "ASN + Lovász", "asn", ("method.seg_loss=lovasz",)),
+        ASN,
+        ADVENT,
+        Row("asn_wce", "ASN + weighted CE", "asn", ("method.seg_loss=wce",), control="asn"),
+        Row("asn_lovasz", "ASN + Lovász", "asn", ("method.seg_loss=lovasz",), control="asn"),
         APODA_OFF,
         APODA,
         *BN_CONTROLS,
@@ -212,9 +241,11 @@ SUITES: dict[str, tuple[Row, ...]] = {
         STEP1,
         MATCHED,
         APODA_OFF,
-        Row("i_fgsm", "I-FGSM", "apoda", ("method.attack.name=i_fgsm",)),
-        Row("fgspm", "FGSPM", "apoda", ("method.attack.name=fgspm",)),
-        Row("mi_fgspm", "MI-FGSPM", "apoda", ("method.attack.name=mi_fgspm",)),
+        Row("i_fgsm", "I-FGSM", "apoda", ("method.attack.name=i_fgsm",), control="apoda_none"),
+        Row("fgspm", "FGSPM", "apoda", ("method.attack.name=fgspm",), control="apoda_none"),
+        Row(
+            "mi_fgspm", "MI-FGSPM", "apoda", ("method.attack.name=mi_fgspm",), control="apoda_none"
+        ),
         APODA,
         Row(
             "i_fgspm_relative",
@@ -222,6 +253,7 @@ SUITES: dict[str, tuple[Row, ...]] = {
             "apoda",
             ("method.attack.eps_mode=relative",),
             ours=True,
+            control="apoda_none",
         ),
     ),
     "table4": (
@@ -235,25 +267,40 @@ SUITES: dict[str, tuple[Row, ...]] = {
     "table5": (
         STEP1,
         MATCHED,
-        Row("s_lovasz", "S + Lovász", "source_only_continue", ("method.seg_loss=ce+lovasz",)),
-        Row("s_ent", "S + entropy", "source_only_continue", ("method.lambda_ent=0.001",)),
+        Row(
+            "s_lovasz",
+            "S + Lovász",
+            "source_only_continue",
+            ("method.seg_loss=ce+lovasz",),
+            control="source_only",
+        ),
+        Row(
+            "s_ent",
+            "S + entropy",
+            "source_only_continue",
+            ("method.lambda_ent=0.001",),
+            control="source_only",
+        ),
         Row(
             "s_lovasz_ent",
             "S + Lovász + entropy",
             "source_only_continue",
             ("method.seg_loss=ce+lovasz", "method.lambda_ent=0.001"),
+            control="s_lovasz",
         ),
         Row(
             "s_pert",
             "S + perturbation",
             "apoda",
             ("method.seg_loss=ce", "method.alpha_ent=0", "method.alpha_ent_adv=0"),
+            control="source_only",
         ),
         Row(
             "s_pert_lovasz",
             "S + perturbation + Lovász",
             "apoda",
             ("method.seg_loss=lovasz", "method.alpha_ent=0", "method.alpha_ent_adv=0"),
+            control="s_pert",
         ),
         Row(
             "s_pert_ent",
@@ -261,21 +308,24 @@ SUITES: dict[str, tuple[Row, ...]] = {
             "apoda",
             ("method.seg_loss=ce",),
             ours=True,
+            control="s_pert",
         ),
         Row(
             "s_pert_lovasz_ent",
             "S + perturbation + Lovász + entropy",
             "apoda",
             ("method.seg_loss=lovasz",),
+            control="s_pert_lovasz",
         ),
-        Row("asn", "ASN", "asn"),
+        ASN,
         Row(
             "asn_lovasz_ent",
             "ASN + Lovász + entropy",
             "asn",
             ("method.seg_loss=ce+lovasz", "method.lambda_ent=0.001"),
+            control="asn",
         ),
-        Row("asn_pert", "ASN + perturbation (APODA from ASN)", "apoda", init="asn"),
+        Row("asn_pert", "ASN + perturbation (APODA from ASN)", "apoda", init="asn", control="asn"),
     ),
     "selftraining": SELF_TRAINING,
 }
@@ -425,8 +475,23 @@ def _cell(mean: float | None, std: float | None, seeds: int) -> str:
     return f"{mean:.1f} ± {std:.1f}" if seeds > 1 else f"{mean:.1f}"
 
 
+def _paired(runs: list[dict[str, Any]], controls: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per seed, a row's mIoU and tail mean minus its control's, and their means."""
+    paired: dict[str, Any] = {}
+    for key in ("miou", "tail_miou"):
+        diffs = [
+            None if a.get(key) is None or b.get(key) is None else a[key] - b[key]
+            for a, b in zip(runs, controls, strict=True)
+        ]
+        paired[key] = diffs
+        paired[f"{key}_mean"] = _mean_std(diffs)[0]
+    return paired
+
+
 def summarise(result: SuiteResult) -> dict[str, Any]:
-    """Mean and std over seeds of every class IoU, mIoU, head and tail mean, per row."""
+    """Mean and std over seeds of every class IoU, mIoU, head and tail mean, per row; each
+    row's differences to its control paired by seed, and its share of the step-1-to-oracle
+    gap where the suite has both (`GAP_ROWS`)."""
     first = next(iter(result.metrics.values()))[0]
     classes = first["class_names"]
     summary: dict[str, Any] = {}
@@ -436,8 +501,50 @@ def summarise(result: SuiteResult) -> dict[str, Any]:
         for key in ("miou", "head_miou", "tail_miou"):
             entry[key] = _mean_std([m.get(key) for m in runs])
         entry["per_class"] = {c: _mean_std([m["per_class"].get(c) for m in runs]) for c in classes}
+        controls = result.metrics.get(row.control or "")
+        if controls is not None and len(controls) == len(runs):
+            entry["paired"] = {"control": row.control, **_paired(runs, controls)}
         summary[row.key] = entry
-    return {"class_names": classes, "tail_classes": first["tail_classes"], "rows": summary}
+    low, high = (summary.get(k, {}).get("miou", (None,))[0] for k in GAP_ROWS)
+    gap = None
+    if low is not None and high is not None and high != low:
+        gap = {"from": GAP_ROWS[0], "to": GAP_ROWS[1], "from_miou": low, "to_miou": high}
+        for entry in summary.values():
+            entry["gap_closed"] = (entry["miou"][0] - low) / (high - low)
+    return {
+        "class_names": classes,
+        "tail_classes": first["tail_classes"],
+        "gap": gap,
+        "rows": summary,
+    }
+
+
+def _signed(values: list[float | None], digits: int) -> str:
+    return ", ".join("-" if v is None else f"{v:+.{digits}f}" for v in values)
+
+
+def _paired_table(summary: dict[str, Any]) -> list[str]:
+    """The table of paired differences: every row with a control in the suite."""
+    rows = summary["rows"]
+    paired = [(key, e) for key, e in rows.items() if "paired" in e]
+    if not paired:
+        return []
+    lines = [
+        "",
+        "Paired by seed: each row minus its control (the same start and schedule, the row's one "
+        "ingredient off), in mIoU and tail-mean points.",
+        "",
+        "| row | control | mIoU, per seed | mean | tail, per seed | mean |",
+        "|---|---|---|---:|---|---:|",
+    ]
+    for _, entry in paired:
+        p = entry["paired"]
+        tail_mean = "-" if p["tail_miou_mean"] is None else f"{p['tail_miou_mean']:+.2f}"
+        lines.append(
+            f"| {entry['label']} | {rows[p['control']]['label']} | {_signed(p['miou'], 2)} "
+            f"| {p['miou_mean']:+.2f} | {_signed(p['tail_miou'], 1)} | {tail_mean} |"
+        )
+    return lines
 
 
 def write_tables(result: SuiteResult, out: Path, argv: Sequence[str]) -> Path:
@@ -445,7 +552,9 @@ def write_tables(result: SuiteResult, out: Path, argv: Sequence[str]) -> Path:
     summary = summarise(result)
     classes, tail = summary["class_names"], set(summary["tail_classes"])
     seeds = max(e["seeds"] for e in summary["rows"].values())
+    gap = summary["gap"]
     header = ["method", *[f"**{c}**" if c in tail else c for c in classes], "mIoU", "head", "tail"]
+    header += ["gap closed"] if gap else []
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = shlex.join(argv)
     lines = [
@@ -453,7 +562,13 @@ def write_tables(result: SuiteResult, out: Path, argv: Sequence[str]) -> Path:
         "",
         f"Command: `{command}`  ",
         f"Date: {date}. Tail classes (< 1 % of source pixels) in **bold**. Rows marked "
-        "(ours) go beyond the paper.",
+        "(ours) go beyond the paper."
+        + (
+            f" Gap closed: the share of the distance in mean mIoU from row `{gap['from']}` "
+            f"({gap['from_miou']:.1f}) to row `{gap['to']}` ({gap['to_miou']:.1f})."
+            if gap
+            else ""
+        ),
         "",
         "| " + " | ".join(header) + " |",
         "|---" + "|---:" * (len(header) - 1) + "|",
@@ -463,6 +578,7 @@ def write_tables(result: SuiteResult, out: Path, argv: Sequence[str]) -> Path:
         label = entry["label"] + (" (ours)" if entry["ours"] else "")
         cells = [_cell(*entry["per_class"][c], seeds) for c in classes]
         cells += [_cell(*entry[k], seeds) for k in ("miou", "head_miou", "tail_miou")]
+        cells += [f"{100 * entry['gap_closed']:.0f} %"] if gap else []
         lines.append("| " + " | ".join([label, *cells]) + " |")
         means = [entry["per_class"][c][0] for c in classes] + [
             entry[k][0] for k in ("miou", "head_miou", "tail_miou")
@@ -475,6 +591,7 @@ def write_tables(result: SuiteResult, out: Path, argv: Sequence[str]) -> Path:
                 str(entry["seeds"]),
             ]
         )
+    lines += _paired_table(summary)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text("\n".join(lines) + "\n")
     with open(out / "table.csv", "w", newline="") as fh:
