@@ -161,6 +161,24 @@ def test_tables_pair_each_row_with_its_control_and_report_the_gap_it_closes(
     assert "gap closed" not in (tmp_path / "table.md").read_text()
 
 
+def test_a_self_training_rows_probe_goes_into_the_suites_files(tmp_path: Path) -> None:
+    """The teacher's pseudo-label probe at each evaluation of a DACS row is in suite.json, and
+    its last evaluation in table.md (accuracy, the settling iteration, tail recall)."""
+    out = tmp_path / "suite"
+    extra = [*TINY, "train.iterations=2", "train.eval_every=1", "train.probe_images=4"]
+    assert main(["suite", "selftraining", *extra, "--out", str(out), "--rows", "dacs"]) == 0
+    suite = json.loads((out / "suite.json").read_text())
+    assert list(suite["probe"]) == ["dacs"]
+    (records,) = suite["probe"]["dacs"]  # one seed
+    assert [r["iteration"] for r in records] == [1, 2]
+    assert all(0 <= r["accuracy"] <= 1 and "per_class" in r for r in records)
+    last = suite["runs"]["dacs"][0]["pseudo_labels"]  # the run's metrics: its last probe
+    assert records[-1] == {"iteration": 2, "miou": records[-1]["miou"], **last}
+    table = (out / "table.md").read_text()
+    assert "| row | accuracy | above threshold | settled at |" in table
+    assert f"| DACS | {records[-1]['accuracy']:.2f} |" in table
+
+
 def test_bad_suite_arguments(tmp_path: Path) -> None:
     with pytest.raises(ApodaError, match="unknown suite 'table9'"):
         run_suite("table9", tmp_path)

@@ -29,7 +29,7 @@ from apoda.data.classes import THING_CLASS_NAMES
 from apoda.engine.trainer import Trainer
 from apoda.errors import ApodaError
 from apoda.pretrain import resolve_pretrained
-from apoda.runs import LAST_CHECKPOINT, finished_metrics, result_differences
+from apoda.runs import LAST_CHECKPOINT, LOG_FILE, finished_metrics, read_log, result_differences
 
 
 @dataclass(frozen=True)
@@ -333,11 +333,13 @@ SUITES: dict[str, tuple[Row, ...]] = {
 
 @dataclass
 class SuiteResult:
-    """Per row and seed, the metrics of the run."""
+    """Per row and seed, the metrics of the run, and for a method with a mean teacher its
+    pseudo-label probe at every evaluation (`apoda.engine.pseudo_probe`)."""
 
     name: str
     rows: tuple[Row, ...]
     metrics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    probes: dict[str, list[list[dict[str, Any]]]] = field(default_factory=dict)
 
 
 def _run_dir(out: Path, row: Row, seed: int) -> Path:
@@ -419,6 +421,18 @@ def _train_row(
         config, run_dir, resume=run_dir.is_dir(), pretrained_file=resolve_pretrained(config)
     )
     return trainer.fit()
+
+
+def _probe_records(run_dir: Path) -> list[dict[str, Any]]:
+    """A run's pseudo-label probe at each evaluation, with the evaluation's iteration and
+    mIoU; none for a run without a teacher."""
+    log = run_dir / LOG_FILE
+    records = read_log(log) if log.is_file() else []
+    return [
+        {"iteration": r["iteration"], "miou": r.get("miou"), **r["pseudo_labels"]}
+        for r in records
+        if r.get("kind") == "eval" and "pseudo_labels" in r
+    ]
 
 
 def select_rows(rows: Sequence[Row], keys: Sequence[str]) -> tuple[Row, ...]:
@@ -547,6 +561,45 @@ def _paired_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _mean_of(values: list[float | None]) -> str:
+    return "-" if (m := _mean_std(values)[0]) is None else f"{m:.2f}"
+
+
+def _probe_table(result: SuiteResult, tail: list[str]) -> list[str]:
+    """The pseudo-label probe at each run's last evaluation, mean over seeds: how right the
+    teacher's pseudo-labels are, how many pass the threshold, and its recall of tail classes."""
+    last = {
+        row.key: [seed[-1] for seed in result.probes[row.key]]
+        for row in result.rows
+        if row.key in result.probes
+    }
+    if not last:
+        return []
+    lines = [
+        "",
+        "The teacher's pseudo-labels on the probe images at the last evaluation (mean over seeds; "
+        "`settled at`: the label-free budget rule's iteration, per seed; recall per tail class).",
+        "",
+        "| row | accuracy | above threshold | settled at | " + " | ".join(tail) + " |",
+        "|---|---:|---:|---|" + "---:|" * len(tail),
+    ]
+    labels = {row.key: row.label for row in result.rows}
+    for key, records in last.items():
+        recall = [
+            _mean_of([r.get("per_class", {}).get(c, {}).get("recall") for r in records])
+            for c in tail
+        ]
+        settled = ", ".join(str(r.get("settled_at") or "-") for r in records)
+        cells = [
+            _mean_of([r.get("accuracy") for r in records]),
+            _mean_of([r.get("confident_share") for r in records]),
+            settled,
+            *recall,
+        ]
+        lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_tables(result: SuiteResult, out: Path, argv: Sequence[str]) -> Path:
     """table.md, table.csv and suite.json for a finished suite."""
     summary = summarise(result)
@@ -592,6 +645,7 @@ def write_tables(result: SuiteResult, out: Path, argv: Sequence[str]) -> Path:
             ]
         )
     lines += _paired_table(summary)
+    lines += _probe_table(result, summary["tail_classes"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text("\n".join(lines) + "\n")
     with open(out / "table.csv", "w", newline="") as fh:
@@ -602,6 +656,7 @@ def write_tables(result: SuiteResult, out: Path, argv: Sequence[str]) -> Path:
         "date": date,
         "summary": summary,
         "runs": result.metrics,
+        "probe": result.probes,
     }
     (out / "suite.json").write_text(json.dumps(payload, indent=1))
     return out / "table.md"
@@ -644,6 +699,9 @@ def run_suite(
         for row in training_order(rows):
             metrics = _train_row(runs_of[row.key], family, runs, seed, extra, runs_of)
             result.metrics.setdefault(row.key, []).append(metrics)
+            probe = _probe_records(_run_dir(runs, runs_of[row.key], seed))
+            if probe:
+                result.probes.setdefault(row.key, []).append(probe)
     if only_seed is not None:
         return None
     table = write_tables(result, out, argv)
