@@ -180,6 +180,20 @@ def test_overwrite_clears_stale_evaluations(run: Path, tmp_path: Path) -> None:
     assert not stale.exists()
 
 
+def test_a_demo_or_suite_aimed_at_a_training_runs_folder_is_refused(
+    run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They write their own runs and a report into --out: a run's own folder would lose its
+    report.md, so it is refused before anything is written."""
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    assert main(["demo", "--fast", "--out", str(run)]) == 2
+    assert main(["suite", "table1", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count(f"{run} is a training run's folder (it has config.yaml)") == 2
+    assert "the demo writes its own runs" in err and "a suite writes its own runs" in err
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+
 def test_report_says_where_it_writes_and_keeps_the_title(
     run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -22,7 +22,7 @@ from apoda.evaluation import format_table
 from apoda.pretrain import resolve_pretrained
 from apoda.report import read_run, write_report
 from apoda.run_lock import FolderLock
-from apoda.runs import LAST_CHECKPOINT, finished_metrics
+from apoda.runs import LAST_CHECKPOINT, finished_metrics, refuse_run_folder
 
 # A much shorter schedule on a small MiniCity, for smoke tests and CI.
 FAST_OVERRIDES = [
@@ -127,6 +127,7 @@ def run_demo(
     """Run the demo into `out`; print the per-class table; return the summary. `out` is
     held by this demo until it ends (a second demo aimed at it is refused). `self_training`:
     the DACS row (None: on, except with `imagenet`)."""
+    refuse_run_folder(out, "the demo")
     with FolderLock(out):
         with_dacs = not imagenet if self_training is None else self_training
         return _run_demo(out, fast, overwrite, imagenet, with_dacs)

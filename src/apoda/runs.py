@@ -101,6 +101,16 @@ def writable_folder(folder: Path) -> Path:
     return folder
 
 
+def refuse_run_folder(folder: Path, what: str) -> None:
+    """`what` (a demo, a suite) writes several runs and a report into `folder`: refuse a folder
+    that is one training run's own (it has config.yaml), whose report it would overwrite."""
+    if (folder / CONFIG_FILE).is_file():
+        raise ApodaError(
+            f"{folder} is a training run's folder (it has {CONFIG_FILE}); {what} writes its own "
+            "runs and report into --out: choose another folder"
+        )
+
+
 def prepare_run_dir(
     run_dir: Path, resume: bool, overwrite: bool, log: Callable[[str], None] = print
 ) -> None:

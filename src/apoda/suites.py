@@ -29,7 +29,14 @@ from apoda.data.classes import THING_CLASS_NAMES
 from apoda.engine.trainer import Trainer
 from apoda.errors import ApodaError
 from apoda.pretrain import resolve_pretrained
-from apoda.runs import LAST_CHECKPOINT, LOG_FILE, finished_metrics, read_log, result_differences
+from apoda.runs import (
+    LAST_CHECKPOINT,
+    LOG_FILE,
+    finished_metrics,
+    read_log,
+    refuse_run_folder,
+    result_differences,
+)
 
 
 @dataclass(frozen=True)
@@ -689,6 +696,7 @@ def run_suite(
         rows = rows_for_family(select_rows(rows, row_keys), family, extra, row_keys)
     if seeds < 1:
         raise ApodaError(f"--seeds must be at least 1, got {seeds}")
+    refuse_run_folder(out, "a suite")
     runs_of = shared_runs(rows, family, extra)
     for row in rows:
         if runs_of[row.key] is not row:
