@@ -25,6 +25,7 @@ from apoda.runs import config_differences
 from apoda.suites import (
     FAMILIES,
     MATCHED,
+    SELF_TRAINING_ITERATIONS,
     STEP1,
     SUITES,
     Row,
@@ -104,6 +105,29 @@ def test_every_control_is_a_row_of_its_suite() -> None:
     assert controls["dacs"] == "source_only_long" and controls["dacs_perturb"] == "dacs"
     assert controls["dacs_rcs_fd"] == "dacs_rcs" and controls["apoda"] == "apoda_none"
     assert controls["step1"] is None and controls["oracle"] is None
+
+
+@pytest.mark.parametrize(
+    ("family", "step1"),
+    [("minicity", 1000), ("minicity_128x256", 1500), ("minicity_imagenet", 1500)],
+)
+def test_the_oracle_trains_as_long_as_the_longest_row(
+    family: str, step1: int, tmp_path: Path
+) -> None:
+    """Step 1 and then a self-training row: the family's step-1 length + the budget; the
+    suite's own overrides (--fast, a user's train.iterations) still win."""
+    rows = {r.key: r for r in SUITES["selftraining"]}
+    config = row_config(rows["oracle"], family, tmp_path, 0)
+    assert row_config(rows["step1"], family, tmp_path, 0).train.iterations == step1
+    longest = max(
+        step1 + row_config(r, family, tmp_path, 0).train.iterations
+        for r in rows.values()
+        if r.init is not None
+    )
+    assert config.train.iterations == longest == step1 + SELF_TRAINING_ITERATIONS
+    assert config.data.source == "minicity_target"
+    short = row_config(rows["oracle"], family, tmp_path, 0, ["train.iterations=7"])
+    assert short.train.iterations == 7
 
 
 def _metrics(miou: float, tail: float | None) -> dict[str, Any]:

@@ -55,6 +55,9 @@ class Row:
     control: str | None = None
     """The row it is compared with seed by seed in the table of paired differences: the same
     start and schedule with this row's one ingredient off."""
+    extra_iterations: int = 0
+    """Iterations added to its config's own length (the oracle: step 1's, which its config is,
+    then the self-training budget), before the suite's own overrides (`--fast`'s length wins)."""
 
 
 GAP_ROWS = ("step1", "oracle")
@@ -142,16 +145,16 @@ STEP1_PHOTOMETRIC = Row(
 )
 ORACLE = Row(
     "oracle",
-    f"oracle: target labels, {1000 + SELF_TRAINING_ITERATIONS:,} iterations (the longest row's "
-    "budget)",
+    "oracle: target labels, step 1's iterations + "
+    f"{SELF_TRAINING_ITERATIONS:,} (the longest row's budget)",
     "source_only",
     (
         "data.source=minicity_target",
-        f"train.iterations={1000 + SELF_TRAINING_ITERATIONS}",
         "train.eval_every=250",
         "train.checkpoint_every=250",
     ),
     init=None,
+    extra_iterations=SELF_TRAINING_ITERATIONS,
 )
 """The same network trained on the target's labelled training images from scratch, for as long
 as step 1 and a self-training row together."""
@@ -365,7 +368,11 @@ def row_config(
     """The config a row trains with: its built-in file, the seed, its overrides, the suite's
     extra overrides, and its init row's checkpoint (in the folder of the run that row shares,
     `runs_of`, see `shared_runs`)."""
-    overrides = [f"train.seed={seed}", f"name={row.key}-seed{seed}", *row.overrides, *extra]
+    overrides = [f"train.seed={seed}", f"name={row.key}-seed{seed}", *row.overrides]
+    if row.extra_iterations:
+        own = load_config(resolve_config(f"{family}/{row.config}"), overrides).train.iterations
+        overrides.append(f"train.iterations={own + row.extra_iterations}")
+    overrides += extra
     if row.init is not None:
         start = (runs_of or {}).get(row.init, Row(row.init, "", ""))
         init = _run_dir(out, start, seed) / LAST_CHECKPOINT
