@@ -22,6 +22,16 @@ GTA5_LABEL_PIXELS = 1914 * 1052
 label's own size."""
 
 
+DAFORMER_CROP_PIXELS = 512 * 512
+"""The crop DAFormer counts `min_pixels x min_crop_ratio` in; apoda scales it to its crop."""
+
+
+def crop_min_pixels(min_pixels: int, min_crop_ratio: float, crop: tuple[int, int]) -> float:
+    """The pixels of its class a rare-class image's crop must hold more than (DAFormer's
+    `min_pixels x min_crop_ratio` in a 512x512 crop, scaled to `crop`'s (width, height))."""
+    return min_pixels * min_crop_ratio * crop[0] * crop[1] / DAFORMER_CROP_PIXELS
+
+
 def class_pixel_counts(dataset: SegmentationDataset, progress: bool = True) -> np.ndarray:
     """`[N, C + 1]` pixel counts per image and class (the last column: ignored pixels)."""
     classes = dataset.scheme.num_classes

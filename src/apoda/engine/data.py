@@ -22,9 +22,6 @@ from apoda.data.transforms import AugmentConfig
 from apoda.errors import ApodaError
 from apoda.registry import DatasetEntry, get_dataset
 
-DAFORMER_CROP_PIXELS = 512 * 512
-"""The crop DAFormer counts `rcs_min_pixels x min_crop_ratio` in; apoda scales it to its crop."""
-
 
 def _size(value: list[int] | None) -> tuple[int, int] | None:
     return None if value is None else (int(value[0]), int(value[1]))
@@ -133,11 +130,12 @@ def _augment(data: DataConfig) -> AugmentConfig | None:
     """The training augmentation the config asks for; None without any."""
     if not (data.flip or data.random_scale or data.crop or data.photometric):
         return None
+    from apoda.data.sampling import crop_min_pixels
+
     crop = _size(data.crop)
     min_class_pixels = 0.0
     if crop is not None and data.rare_class_sampling:
-        min_class_pixels = data.rcs_min_pixels * data.rcs_min_crop_ratio * crop[0] * crop[1]
-        min_class_pixels /= DAFORMER_CROP_PIXELS
+        min_class_pixels = crop_min_pixels(data.rcs_min_pixels, data.rcs_min_crop_ratio, crop)
     return AugmentConfig(
         random_scale=tuple(data.random_scale) if data.random_scale else None,
         crop=crop,
