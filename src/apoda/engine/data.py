@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from apoda.config import Config, DataConfig
 from apoda.data import ClassScheme, SegmentationDataset, get_scheme
 from apoda.data.folder import ClassList
+from apoda.data.sampling import RareClassSampling, cached_class_counts, crop_min_pixels
 from apoda.data.transforms import AugmentConfig
 from apoda.errors import ApodaError
 from apoda.registry import DatasetEntry, get_dataset
@@ -130,8 +131,6 @@ def _augment(data: DataConfig) -> AugmentConfig | None:
     """The training augmentation the config asks for; None without any."""
     if not (data.flip or data.random_scale or data.crop or data.photometric):
         return None
-    from apoda.data.sampling import crop_min_pixels
-
     crop = _size(data.crop)
     min_class_pixels = 0.0
     if crop is not None and data.rare_class_sampling:
@@ -154,7 +153,6 @@ def source_draw(config: Config, source: SegmentationDataset) -> Callable[..., li
     if not data.rare_class_sampling:
         return None
     from apoda.data.minicity import cache_dir
-    from apoda.data.sampling import RareClassSampling, cached_class_counts
 
     counts = cached_class_counts(source, cache_dir())
     sampling = RareClassSampling.from_counts(counts, data.rcs_temperature, data.rcs_min_pixels)
