@@ -18,7 +18,9 @@ from torch.utils.data import DataLoader, Dataset
 from apoda.config import Config, DataConfig
 from apoda.data import ClassScheme, SegmentationDataset, get_scheme
 from apoda.data.folder import ClassList
+from apoda.data.minicity import cache_dir
 from apoda.data.sampling import RareClassSampling, cached_class_counts, crop_min_pixels
+from apoda.data.stats import compute_stats
 from apoda.data.transforms import AugmentConfig
 from apoda.errors import ApodaError
 from apoda.registry import DatasetEntry, get_dataset
@@ -152,8 +154,6 @@ def source_draw(config: Config, source: SegmentationDataset) -> Callable[..., li
     data = config.data
     if not data.rare_class_sampling:
         return None
-    from apoda.data.minicity import cache_dir
-
     counts = cached_class_counts(source, cache_dir())
     sampling = RareClassSampling.from_counts(counts, data.rcs_temperature, data.rcs_min_pixels)
     return sampling.draw_with_classes if data.rcs_min_crop_ratio > 0 else sampling.draw
@@ -173,9 +173,6 @@ def target_val_stats(
 
 def source_stats(dataset: SegmentationDataset, name: str) -> dict[str, Any]:
     """Class statistics of the source labels, cached beside the dataset cache by root and size."""
-    from apoda.data.minicity import cache_dir
-    from apoda.data.stats import compute_stats
-
     key = f"{name}|{dataset.identity()}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     path = cache_dir() / "stats" / f"{name}-{digest}.json"
